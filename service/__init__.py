@@ -1,0 +1,1 @@
+"""Recording keeper: start SignalWire recordings, receive their callbacks, keep their metadata."""

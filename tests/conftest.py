@@ -1,0 +1,7 @@
+"""Shared fixtures: each concern lives in its own module under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.redis_server",
+    "tests.fixtures.database",
+    "tests.fixtures.sandbox",
+]
