@@ -1,1 +1,57 @@
-"""Recording keeper: start SignalWire recordings, receive their callbacks, keep their metadata."""
+"""Recording keeper: start SignalWire recordings, receive their callbacks, keep their metadata.
+
+`create_app()` is the web process's entry point (gunicorn serves `service:create_app()`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from service.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__, instance_relative_config=True)
+    # The API's bodies are small; callbacks get their own tighter bound.
+    app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=256 * 1024, JSON_SORT_KEYS=False)
+    register_logging(settings)
+    register_services(app, settings)
+    register_blueprints(app)
+    register_error_handlers(app)
+    return app
+
+
+def register_logging(settings: Settings) -> None:
+    from service.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.secrets)
+    if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
+        log.warning("!!! ALLOW_UNSIGNED_WEBHOOKS is on: recording callbacks are NOT verified. Never do this in production. !!!")
+
+
+def register_services(app: Flask, settings: Settings) -> None:
+    from service.ingest import Ingest
+    from service.services import Services
+
+    services = Services(settings)
+    app.extensions["services"] = services
+    app.extensions["ingest"] = Ingest(services.queue, services.store, settings.dedupe_ttl)
+
+
+def register_blueprints(app: Flask) -> None:
+    from service.web import api, health, webhooks
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(webhooks.bp)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from service.web.errors import register_error_handlers as register
+
+    register(app)

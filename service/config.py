@@ -1,0 +1,164 @@
+"""Settings: read from the environment in one place and checked once, at start-up.
+
+A misconfigured service refuses to start with one message naming every bad variable;
+secret values never appear in that message, in logs or in `repr(settings)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", Path.cwd() / "instance"))
+
+SECRET_FIELDS = ("signalwire_api_token", "signalwire_signing_keys", "service_api_token")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    signalwire_space: str
+    signalwire_project_id: str
+    signalwire_api_token: str = dataclasses.field(repr=False)
+    signalwire_signing_keys: tuple[str, ...] = dataclasses.field(repr=False)
+    public_base_url: str
+    service_api_token: str = dataclasses.field(repr=False)
+    redis_url: str
+    database_url: str
+    port: int = 5000
+    web_concurrency: int = 2
+    # Opt-out for local experiments only: accept unsigned callbacks (logged loudly).
+    allow_unsigned_webhooks: bool = False
+    queue_name: str = "recordings"
+    # Longer than SignalWire's three delivery attempts, so a retried callback is a duplicate.
+    dedupe_ttl: int = 24 * 3600
+    max_callback_bytes: int = 64 * 1024
+    # Reconciliation sweep: how often, how old an unfinished recording must be, and how far
+    # back to list the account's recordings (0 turns listing off).
+    sweep_interval: int = 300
+    sweep_after: int = 600
+    sweep_list_hours: int = 0
+    log_level: str = "INFO"
+
+    @property
+    def callback_url(self) -> str:
+        return self.public_base_url + "/webhooks/recording-status"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for log redaction."""
+        return tuple(
+            s for s in (self.signalwire_api_token, self.service_api_token, *self.signalwire_signing_keys) if s
+        )
+
+
+def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
+    parts = urlsplit(value)
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name} must be a whole number (got {raw!r})")
+        return default
+    if value < minimum:
+        problems.append(f"{name} must be at least {minimum} (got {value})")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    problems.append(f"{name} must be true or false (got {raw!r})")
+    return False
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{INSTANCE_DIR / 'recordings.sqlite3'}"
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    problems: list[str] = []
+
+    def required(name: str) -> str:
+        value = (env.get(name) or "").strip()
+        if not value:
+            problems.append(f"{name} is not set")
+        return value
+
+    space = required("SIGNALWIRE_SPACE")
+    if space and "://" in space and not _url_ok(space, ("http", "https")):
+        problems.append("SIGNALWIRE_SPACE must be a host (example.signalwire.com) or an http(s) URL")
+    project_id = required("SIGNALWIRE_PROJECT_ID")
+    api_token = required("SIGNALWIRE_API_TOKEN")
+
+    allow_unsigned = _flag(env, "ALLOW_UNSIGNED_WEBHOOKS", problems)
+    keys = tuple(k.strip() for k in (env.get("SIGNALWIRE_SIGNING_KEY") or "").split(",") if k.strip())
+    if not keys and not allow_unsigned:
+        problems.append(
+            "SIGNALWIRE_SIGNING_KEY is not set (set ALLOW_UNSIGNED_WEBHOOKS=true to run without "
+            "verifying callbacks, for local experiments only)"
+        )
+
+    public_base_url = required("PUBLIC_BASE_URL").rstrip("/")
+    if public_base_url and not _url_ok(public_base_url, ("http", "https")):
+        problems.append("PUBLIC_BASE_URL must be an http(s) URL such as https://recordings.example.com")
+
+    service_token = required("SERVICE_API_TOKEN")
+    if service_token and len(service_token) < 16:
+        problems.append("SERVICE_API_TOKEN must be at least 16 characters")
+
+    redis_url = required("REDIS_URL")
+    if redis_url and not _url_ok(redis_url, ("redis", "rediss", "unix")) and not redis_url.startswith("unix:"):
+        problems.append("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+
+    database_url = (env.get("DATABASE_URL") or "").strip() or default_database_url()
+    if urlsplit(database_url).scheme.split("+")[0] not in ("sqlite", "postgres", "postgresql"):
+        problems.append("DATABASE_URL must be a postgres://, postgresql:// or sqlite:/// URL")
+
+    settings = dict(
+        port=_int(env, "PORT", 5000, problems, minimum=1),
+        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, problems, minimum=1),
+        dedupe_ttl=_int(env, "DEDUPE_TTL", 24 * 3600, problems, minimum=60),
+        sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
+        sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),
+        sweep_list_hours=_int(env, "SWEEP_LIST_HOURS", 0, problems, minimum=0),
+    )
+    queue_name = (env.get("RQ_QUEUE") or "recordings").strip()
+    log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
+
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        signalwire_space=space,
+        signalwire_project_id=project_id,
+        signalwire_api_token=api_token,
+        signalwire_signing_keys=keys,
+        public_base_url=public_base_url,
+        service_api_token=service_token,
+        redis_url=redis_url,
+        database_url=database_url,
+        allow_unsigned_webhooks=allow_unsigned,
+        queue_name=queue_name,
+        log_level=log_level,
+        **settings,
+    )

@@ -1,0 +1,1 @@
+"""The web edge: blueprints, request schemas, auth and JSON errors."""

@@ -1,0 +1,79 @@
+"""Request schemas (marshmallow) for the start-recording API, the read API and the callbacks."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from service.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
+
+SID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="must be 1-64 letters, digits, '-' or '_'")
+
+
+class StartRecordingSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    channels = fields.String(load_default="mono", validate=validate.OneOf(["mono", "dual"]))
+    track = fields.String(load_default="both", validate=validate.OneOf(["inbound", "outbound", "both"]))
+    trim = fields.String(load_default="do-not-trim", validate=validate.OneOf(["trim-silence", "do-not-trim"]))
+    events = fields.List(
+        fields.String(validate=validate.OneOf(CALLBACK_EVENTS)),
+        load_default=lambda: list(CALLBACK_EVENTS),
+        validate=validate.Length(min=1),
+    )
+    callback_method = fields.String(load_default="POST", validate=validate.OneOf(["GET", "POST"]))
+
+    @validates_schema
+    def _unique_events(self, data, **kwargs):
+        events = data.get("events") or []
+        if len(set(events)) != len(events):
+            raise ValidationError("events must not repeat", "events")
+
+
+class ListRecordingsSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    call_sid = fields.String(validate=SID)
+    status = fields.String(validate=validate.Length(min=1, max=32))
+    created_after = fields.AwareDateTime(default_timezone=None)
+    created_before = fields.AwareDateTime(default_timezone=None)
+    cursor = fields.String(validate=validate.Length(max=512))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class _Lenient(fields.Field):
+    """Never rejects a value: callbacks are advisory and a 4xx only makes SignalWire retry."""
+
+    def __init__(self, parse, **kwargs):
+        super().__init__(**kwargs)
+        self._parse = parse
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return self._parse(value)
+
+
+class CallbackSchema(Schema):
+    """RecordingStatusCallback parameters (contract section 1). Unknown keys are allowed and
+    kept in the event's raw params; any RecordingStatus string is accepted."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    AccountSid = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    RecordingSid = fields.String(required=True, validate=SID)
+    RecordingStatus = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    CallSid = fields.String(validate=validate.Length(max=64))
+    RecordingUrl = fields.String(validate=validate.Length(max=2048))
+    RecordingDuration = _Lenient(parse_int)
+    RecordingChannels = _Lenient(parse_int)
+    RecordingSource = _Lenient(parse_text)
+    RecordingStartTime = _Lenient(parse_time)
+    RecordingTrack = _Lenient(parse_text)
+    ErrorCode = _Lenient(parse_text)
+    ConferenceSid = _Lenient(parse_text)
+
+
+start_recording_schema = StartRecordingSchema()
+list_recordings_schema = ListRecordingsSchema()
+callback_schema = CallbackSchema()

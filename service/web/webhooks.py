@@ -1,0 +1,79 @@
+"""RecordingStatusCallback receiver: verify, validate, dedupe + enqueue, acknowledge.
+
+No outbound HTTP and no database write on this path unless Redis is down (then the inbox).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, request
+from marshmallow import ValidationError
+
+from service.ingest import Unavailable
+from service.recordings import CallbackEvent
+from service.signatures import verify_signature
+from service.web.errors import ApiError
+from service.web.schemas import callback_schema
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+
+
+def _signed_url() -> str:
+    # Rebuilt from PUBLIC_BASE_URL, not from Host/X-Forwarded-*: this is the URL SignalWire
+    # was told to call, and it holds behind Heroku's router. The raw query string is used
+    # byte for byte because the signature covers it that way.
+    url = current_app.config["SETTINGS"].public_base_url + request.path
+    query = request.query_string.decode("latin-1")
+    return f"{url}?{query}" if query else url
+
+
+def _check_signature() -> None:
+    settings = current_app.config["SETTINGS"]
+    if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
+        return
+    signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
+    params = list(request.form.items(multi=True)) if request.method == "POST" else None
+    raw_body = request.get_data(cache=True) if request.method == "POST" else None
+    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(), params, raw_body):
+        raise ApiError(403, "invalid signature")
+
+
+@bp.route("/recording-status", methods=["GET", "POST"])
+def recording_status():
+    settings = current_app.config["SETTINGS"]
+    # Bound the body before anything reads it (werkzeug answers 413 past this).
+    request.max_content_length = settings.max_callback_bytes
+    _check_signature()
+
+    source = request.form if request.method == "POST" else request.args
+    try:
+        data = callback_schema.load(source)
+    except ValidationError as exc:
+        raise ApiError(400, "invalid callback parameters", fields=exc.messages)
+    if data["AccountSid"] != settings.signalwire_project_id:
+        raise ApiError(403, "AccountSid does not match this service's project")
+
+    event = CallbackEvent(
+        recording_sid=data["RecordingSid"],
+        account_sid=data["AccountSid"],
+        status=data["RecordingStatus"],
+        call_sid=data.get("CallSid"),
+        recording_url=data.get("RecordingUrl"),
+        duration=data.get("RecordingDuration"),
+        channels=data.get("RecordingChannels"),
+        source=data.get("RecordingSource"),
+        start_time=data.get("RecordingStartTime"),
+        track=data.get("RecordingTrack"),
+        error_code=data.get("ErrorCode"),
+        conference_sid=data.get("ConferenceSid"),
+        params=source.to_dict(flat=True),
+    )
+    try:
+        outcome = current_app.extensions["ingest"].submit(event)
+    except Unavailable:
+        raise ApiError(503, "temporarily unable to accept callbacks; retry later", {"Retry-After": "5"})
+    return "", 204, {"X-Callback-Outcome": outcome}
