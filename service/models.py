@@ -1,0 +1,124 @@
+"""Table definitions for the store (SQLAlchemy 2 typed declarative models).
+
+The schema itself is created by the Alembic migrations in service/migrations; these models
+must describe the same tables (tests/test_store.py compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Statuses of rank >= this are terminal (see service.recordings: completed/absent/failed
+# rank 3, deleted 4, unknown statuses rank 1). Used by the partial index for the sweep.
+TERMINAL_RANK = 3
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Timezone-aware datetimes, always UTC.
+
+    PostgreSQL stores timestamptz. SQLite has no time zones: we store naive UTC text, whose
+    fixed format also sorts correctly, and attach UTC again when reading.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+def json_type() -> sa.types.TypeEngine:
+    # JSONB on PostgreSQL; none_as_null so Python None is SQL NULL, not the JSON 'null'.
+    return sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: json_type()}
+
+
+class RecordingRow(Base):
+    __tablename__ = "recordings"
+
+    sid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    account_sid: Mapped[str | None] = mapped_column(sa.String(64))
+    call_sid: Mapped[str | None] = mapped_column(sa.String(64))
+    conference_sid: Mapped[str | None] = mapped_column(sa.String(64))
+    api_version: Mapped[str | None] = mapped_column(sa.String(32))
+    channels: Mapped[int | None]
+    date_created: Mapped[datetime | None]
+    date_updated: Mapped[datetime | None]
+    start_time: Mapped[datetime | None]
+    end_time: Mapped[datetime | None]
+    duration: Mapped[int | None]
+    price: Mapped[str | None] = mapped_column(sa.String(32))
+    price_unit: Mapped[str | None] = mapped_column(sa.String(16))
+    source: Mapped[str | None] = mapped_column(sa.String(64))
+    status: Mapped[str | None] = mapped_column(sa.String(32))
+    # status_rank(status); -1 for no status. Compared in SQL so updates only move forward.
+    status_rank: Mapped[int] = mapped_column(default=-1, server_default="-1")
+    error_code: Mapped[str | None] = mapped_column(sa.String(32))
+    uri: Mapped[str | None] = mapped_column(sa.Text)
+    subresource_uris: Mapped[dict[str, Any] | None]
+    track: Mapped[str | None] = mapped_column(sa.String(32))
+    trim: Mapped[str | None] = mapped_column(sa.String(32))
+    extra: Mapped[dict[str, Any] | None]
+    requested: Mapped[dict[str, Any] | None]
+    started_by_us: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    # Sort key of the list API: date_created when known, else first_seen_at.
+    created_at: Mapped[datetime]
+    first_seen_at: Mapped[datetime]
+    last_fetched_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+
+    __table_args__ = (
+        sa.Index("ix_recordings_created", "created_at", "sid"),
+        sa.Index("ix_recordings_call_created", "call_sid", "created_at", "sid"),
+        sa.Index("ix_recordings_status_created", "status", "created_at", "sid"),
+        # Small index for the reconciliation sweep: only unfinished rows are in it.
+        sa.Index(
+            "ix_recordings_unfinished",
+            "first_seen_at",
+            postgresql_where=sa.text(f"status_rank < {TERMINAL_RANK}"),
+            sqlite_where=sa.text(f"status_rank < {TERMINAL_RANK}"),
+        ),
+    )
+
+
+class RecordingEventRow(Base):
+    __tablename__ = "recording_events"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    recording_sid: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(32))
+    params: Mapped[dict[str, Any]]
+    received_at: Mapped[datetime]
+
+    # The unique index leads with recording_sid, so it is also the lookup index for get().
+    __table_args__ = (sa.UniqueConstraint("recording_sid", "status", name="uq_recording_events_sid_status"),)
+
+
+class InboxRow(Base):
+    __tablename__ = "inbox"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]

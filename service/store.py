@@ -1,0 +1,324 @@
+"""The store: recordings, their callback history and the callback inbox, in SQL.
+
+Works on PostgreSQL (psycopg 3) and SQLite. Every write that can race (callbacks handled by
+several workers, a metadata fetch crossing a late callback) is a single upsert or a single
+conditional UPDATE, so the database, not Python, decides, and a status never moves backwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from service.models import TERMINAL_RANK, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
+from service.recordings import TERMINAL_STATUSES, CallbackEvent, Recording, format_time, status_rank
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+R = RecordingRow.__table__
+E = RecordingEventRow.__table__
+INBOX = InboxRow.__table__
+
+# Recording fields that map 1:1 onto columns (everything but the primary key).
+METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(Recording) if f.name != "sid")
+# What get()/list() return: every column but the internal status_rank.
+PUBLIC_COLUMNS = tuple(c for c in R.c if c.name != "status_rank")
+# Fields a callback carries that also describe the recording.
+EVENT_FIELDS = ("account_sid", "call_sid", "conference_sid", "channels", "duration", "source", "track", "start_time")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def database_url(url: str) -> sa.URL:
+    """Heroku's postgres:// and plain postgresql:// select psycopg 3; the query string is kept."""
+    parsed = sa.make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class Store:
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = database_url(url)
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        connect_args = engine_kwargs.setdefault("connect_args", {})
+        backend = self.url.get_backend_name()
+        if backend == "sqlite":
+            if self.url.database and self.url.database != ":memory:":
+                Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+            # Pooled connections are handed between threads, one user at a time.
+            connect_args.setdefault("check_same_thread", False)
+        elif backend == "postgresql" and "connect_timeout" not in self.url.query:
+            connect_args.setdefault("connect_timeout", 5)  # ping() and startup fail fast
+        self.engine = sa.create_engine(self.url, **engine_kwargs)
+        if backend == "sqlite":
+            _sqlite_setup(self.engine)
+        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Alembic `upgrade head` (the release step)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("path_separator", "os")
+        with self._write() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (on SQLite it takes the write lock up front, see below)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(store_write=True)
+            with conn.begin():
+                yield conn
+
+    # --- writes ------------------------------------------------------------------------
+
+    def save_started(self, recording: Recording, requested: dict) -> None:
+        """Our API started this recording: keep what we asked for."""
+        self._upsert(recording, started_by_us=True, requested=requested)
+
+    def save_metadata(self, recording: Recording) -> None:
+        """Metadata fetched from the REST API."""
+        self._upsert(recording, last_fetched_at=_now(), last_error=None)
+
+    def _upsert(self, recording: Recording, **own: Any) -> None:
+        now = _now()
+        values = {name: getattr(recording, name) for name in METADATA_FIELDS}
+        values.update(
+            own,
+            sid=recording.sid,
+            status_rank=status_rank(recording.status),
+            created_at=recording.date_created or now,
+            first_seen_at=now,
+            updated_at=now,
+        )
+        stmt = self._insert(R).values(**values)
+        new = stmt.excluded
+        # A snapshot at least as advanced as the stored one wins where it has values; an
+        # older one (the API lagging behind a callback) only fills gaps. SET expressions see
+        # the old row, so this is decided atomically under the row lock.
+        fresh = new.status_rank >= R.c.status_rank
+
+        def merged(name: str) -> sa.ColumnElement:
+            return sa.case(
+                (fresh, sa.func.coalesce(new[name], R.c[name])),
+                else_=sa.func.coalesce(R.c[name], new[name]),
+            )
+
+        update = {name: merged(name) for name in (*METADATA_FIELDS, "status_rank")}
+        update["created_at"] = sa.func.coalesce(merged("date_created"), R.c.created_at)
+        update["updated_at"] = new.updated_at
+        update.update({name: new[name] for name in own})
+        with self._write() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.sid], set_=update))
+
+    def record_event(self, event: CallbackEvent) -> bool:
+        """Store a status callback; True when it was new (a repeat changes nothing)."""
+        now = _now()
+        sid = event.recording_sid
+        rank = status_rank(event.status)
+        fields = {name: getattr(event, name) for name in EVENT_FIELDS}
+        with self._write() as conn:
+            conn.execute(
+                self._insert(R)
+                .values(sid=sid, **fields, created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
+                .on_conflict_do_nothing(index_elements=[R.c.sid])
+            )
+            inserted = conn.execute(
+                self._insert(E)
+                .values(recording_sid=sid, status=event.status, params=dict(event.params), received_at=event.received_at)
+                .on_conflict_do_nothing(index_elements=[E.c.recording_sid, E.c.status])
+                .returning(E.c.id)
+            ).first()
+            if inserted is None:
+                return False  # the transaction that stored it first also applied it
+            # Conditional, so concurrent workers cannot move the status backwards.
+            conn.execute(
+                sa.update(R)
+                .where(R.c.sid == sid, R.c.status_rank <= rank)
+                .values(
+                    status=event.status,
+                    status_rank=rank,
+                    updated_at=now,
+                    **{name: value for name, value in fields.items() if value is not None},
+                )
+            )
+        return True
+
+    def note_attempt(self, sid: str, error: str | None) -> None:
+        with self._write() as conn:
+            conn.execute(
+                sa.update(R).where(R.c.sid == sid).values(attempts=R.c.attempts + 1, last_error=error, updated_at=_now())
+            )
+
+    # --- reads -------------------------------------------------------------------------
+
+    def get(self, sid: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*PUBLIC_COLUMNS).where(R.c.sid == sid)).mappings().first()
+            if row is None:
+                return None
+            events = conn.execute(
+                sa.select(E.c.status, E.c.params, E.c.received_at)
+                .where(E.c.recording_sid == sid)
+                .order_by(E.c.received_at, E.c.id)
+            ).mappings()
+            out = _json_ready(row)
+            out["events"] = [_json_ready(event) for event in events]
+        return out
+
+    def list(
+        self,
+        *,
+        call_sid: str | None = None,
+        status: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> tuple[list[dict], str | None]:
+        """Newest first; created_after is inclusive, created_before exclusive.
+
+        Keyset paging on (created_at, sid), which the indexes cover, so every page costs
+        the same however deep it is: no OFFSET and no COUNT.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        query = sa.select(*PUBLIC_COLUMNS)
+        if call_sid is not None:
+            query = query.where(R.c.call_sid == call_sid)
+        if status is not None:
+            query = query.where(R.c.status == status)
+        if created_after is not None:
+            query = query.where(R.c.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(R.c.created_at < created_before)
+        if cursor is not None:
+            after_time, after_sid = decode_cursor(cursor)
+            query = query.where(
+                sa.tuple_(R.c.created_at, R.c.sid)
+                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_sid, R.c.sid.type))
+            )
+        query = query.order_by(R.c.created_at.desc(), R.c.sid.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["sid"]) if len(rows) > limit else None
+        return [_json_ready(row) for row in page], next_cursor
+
+    def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
+        """Recordings for the reconciliation sweep, oldest first.
+
+        Those not in a terminal status seen before `older_than`, plus those we started whose
+        status is terminal but for which no terminal callback ever arrived.
+        """
+        stale = R.c.first_seen_at < older_than
+        terminal_event = (
+            sa.select(E.c.id).where(E.c.recording_sid == R.c.sid, E.c.status.in_(sorted(TERMINAL_STATUSES))).exists()
+        )
+        queries = (
+            # status_rank < TERMINAL_RANK is "not terminal or null" and matches the partial index.
+            sa.select(R.c.sid, R.c.first_seen_at).where(R.c.status_rank < TERMINAL_RANK, stale),
+            sa.select(R.c.sid, R.c.first_seen_at).where(
+                R.c.started_by_us, R.c.status_rank >= TERMINAL_RANK, stale, ~terminal_event
+            ),
+        )
+        found: list[tuple[datetime, str]] = []
+        with self.engine.connect() as conn:
+            for query in queries:
+                found += conn.execute(query.order_by(R.c.first_seen_at, R.c.sid).limit(limit)).tuples()
+        return [sid for sid, _ in sorted(found, key=lambda row: (row[1], row[0]))[:limit]]
+
+    # --- inbox: callbacks parked here while Redis is down --------------------------------
+
+    def inbox_put(self, payload: dict) -> int:
+        with self._write() as conn:
+            result = conn.execute(sa.insert(INBOX).values(payload=payload, created_at=_now()))
+            return int(result.inserted_primary_key[0])
+
+    def inbox_take(self, limit: int = 100) -> list[tuple[int, dict]]:
+        """Oldest first, without removing them: delete after handling. Two takers may get the
+        same items; handling is idempotent (record_event), so that only costs a repeat."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(INBOX.c.id, INBOX.c.payload).order_by(INBOX.c.id).limit(limit))
+            return [(int(row_id), payload) for row_id, payload in rows]
+
+    def inbox_delete(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(sa.delete(INBOX).where(INBOX.c.id.in_(list(ids))))
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _json_ready(row: Any) -> dict:
+    return {key: format_time(value) if isinstance(value, datetime) else value for key, value in dict(row).items()}
+
+
+def encode_cursor(created_at: datetime, sid: str) -> str:
+    raw = json.dumps([format_time(created_at), sid], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Inverse of encode_cursor; any malformed input raises ValueError."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, sid = json.loads(raw)
+        if not isinstance(created_at, str) or not isinstance(sid, str):
+            raise ValueError
+        when = datetime.fromisoformat(created_at)
+        if when.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError("malformed cursor") from exc
+    return when.astimezone(timezone.utc), sid
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    """WAL and a busy timeout, so a web process and several workers can share one file."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below (pysqlite would
+        # otherwise open its own deferred transactions lazily).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock at BEGIN: a deferred transaction that reads and then
+        # writes gets SQLITE_BUSY immediately (no busy wait) when another writer got in first.
+        mode = "IMMEDIATE" if conn.get_execution_options().get("store_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
