@@ -1,0 +1,322 @@
+"""SignalWire Compatibility REST client for recordings (contract section 3), shared by web and workers.
+
+One pooled `requests.Session`, HTTP Basic (project id, API token), connect/read timeouts, and a
+small retry policy: 429/503 always retryable; 500/502/504 and transport errors only for GET; a
+POST is otherwise retried only when the request provably never left (connect failure), because
+re-sending a create could start a second recording.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+from service.recordings import Recording, parse_int
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/laml/2010-04-01"
+DEFAULT_EVENTS = ("in-progress", "completed", "absent")
+_ALWAYS_RETRYABLE = frozenset({429, 503})
+_GET_RETRYABLE = frozenset({500, 502, 504})
+
+
+def space_base_url(space: str) -> str:
+    """'example.signalwire.com' -> 'https://example.signalwire.com'; full URLs pass through."""
+    space = space.strip().rstrip("/")
+    if not space:
+        raise ValueError("empty SignalWire space")
+    if "://" not in space:
+        space = "https://" + space
+    return space
+
+
+class SignalWireError(Exception):
+    """Any failure talking to SignalWire: an HTTP error status, a transport error or a bad body."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        more_info: str | None = None,
+        retry_after: float | None = None,
+        timeout: bool = False,
+        method: str = "GET",
+        sent: bool = True,
+        final: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.more_info = more_info
+        self.retry_after = retry_after
+        self.timeout = timeout
+        self.method = method.upper()
+        # False when the request never reached the server (connect refused/timed out).
+        self.sent = sent
+        self._final = final
+
+    @property
+    def retryable(self) -> bool:
+        if self._final:
+            return False
+        if self.status in _ALWAYS_RETRYABLE:
+            return True
+        if self.status is None and not self.sent:
+            return True
+        if self.method == "GET":
+            return self.status is None or self.status in _GET_RETRYABLE
+        return False
+
+    def __str__(self) -> str:
+        bits = [f"status={self.status}"] if self.status is not None else []
+        if self.code is not None:
+            bits.append(f"code={self.code}")
+        return f"{self.message} ({', '.join(bits)})" if bits else self.message
+
+
+# --- error bodies and rate-limit headers -------------------------------------------------
+
+
+def _parse_error_body(response: requests.Response) -> tuple[int | None, str, str | None]:
+    """(code, message, more_info) from any of the three shapes of contract 3.8, or plain text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, Mapping):
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors:
+            first = errors[0]
+            if isinstance(first, Mapping):  # {"errors": [{code, message, more_info}]}
+                messages = [str(e.get("message", "")) for e in errors if isinstance(e, Mapping)]
+                return parse_int(first.get("code")), "; ".join(m for m in messages if m), first.get("more_info")
+            return None, "; ".join(str(e) for e in errors), None  # {"errors": ["msg"]}
+        if "code" in body or "message" in body:  # {code, message, more_info, status}
+            return parse_int(body.get("code")), str(body.get("message") or ""), body.get("more_info")
+    text = (response.text or "").strip()
+    return None, text[:200], None
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch)."""
+    value = response.headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            try:
+                when = parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                when = None
+            if when is not None:
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=timezone.utc)
+                return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    reset = response.headers.get("X-RateLimit-Reset")
+    if reset and response.status_code in _ALWAYS_RETRYABLE:
+        try:
+            return max(0.0, float(reset) - time.time())
+        except ValueError:
+            return None
+    return None
+
+
+def _never_sent(exc: requests.exceptions.RequestException) -> bool:
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
+        reason = exc.args[0]
+        if isinstance(reason, MaxRetryError):
+            reason = reason.reason
+        return isinstance(reason, NewConnectionError)  # refused, DNS, connect timeout
+    return False
+
+
+# --- the client --------------------------------------------------------------------------
+
+
+class SignalWireClient:
+    def __init__(
+        self,
+        base_url: str,
+        project_id: str,
+        api_token: str,
+        *,
+        connect_timeout: float = 3.05,
+        read_timeout: float = 10.0,
+        max_retries: int = 2,
+        max_retry_wait: float = 5.0,
+    ) -> None:
+        self.base_url = space_base_url(base_url)
+        self.project_id = project_id
+        self._token = api_token
+        self.timeout = (connect_timeout, read_timeout)
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+        self._account_path = f"{API_PREFIX}/Accounts/{quote(project_id, safe='')}"
+        self._session = requests.Session()
+        self._session.auth = (project_id, api_token)
+        self._session.headers["Accept"] = "application/json"
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=20, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+
+    def __repr__(self) -> str:
+        return f"SignalWireClient(base_url={self.base_url!r}, project_id={self.project_id!r})"
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "SignalWireClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- public API ----------------------------------------------------------------------
+
+    def create_recording(
+        self,
+        call_sid: str,
+        *,
+        status_callback: str,
+        events: Sequence[str] = DEFAULT_EVENTS,
+        callback_method: str = "POST",
+        channels: str = "mono",
+        track: str = "both",
+        trim: str = "do-not-trim",
+    ) -> Recording:
+        # Trim is always sent: its default changed between doc versions (contract 3.2).
+        form = {
+            "RecordingChannels": channels,
+            "RecordingStatusCallback": status_callback,
+            "RecordingStatusCallbackEvent": " ".join(events),
+            "RecordingStatusCallbackMethod": callback_method,
+            "RecordingTrack": track,
+            "Trim": trim,
+        }
+        path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
+        return self._recording(self._request("POST", self.base_url + path, data=form))
+
+    def fetch_recording(self, sid: str) -> Recording:
+        url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
+        return self._recording(self._request("GET", url))
+
+    def list_recordings(
+        self,
+        *,
+        call_sid: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        page_size: int = 1000,
+    ) -> Iterator[Recording]:
+        """Newest first; follows `next_page_uri` (relative) but never onto another host."""
+        params: dict[str, Any] = {"PageSize": page_size}
+        if call_sid:
+            params["CallSid"] = call_sid
+        if created_after is not None:
+            params["DateCreated>"] = _rfc2822(created_after)
+        if created_before is not None:
+            params["DateCreated<"] = _rfc2822(created_before)
+        url: str | None = f"{self.base_url}{self._account_path}/Recordings.json"
+        while url:
+            page = self._request("GET", url, params=params)
+            for item in page.get("recordings") or ():
+                yield self._recording(item)
+            url, params = self._next_page(page.get("next_page_uri")), None
+
+    def media_url(self, sid: str, fmt: str = "wav") -> str:
+        if fmt not in ("wav", "mp3"):
+            raise ValueError(f"unsupported media format {fmt!r}")
+        return f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.{fmt}"
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _next_page(self, next_uri: Any) -> str | None:
+        if not next_uri:
+            return None
+        url = urljoin(self.base_url + "/", str(next_uri))
+        ours, theirs = urlsplit(self.base_url), urlsplit(url)
+        if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+            raise SignalWireError("refusing to follow next_page_uri to another host", final=True)
+        return url
+
+    @staticmethod
+    def _recording(data: Any) -> Recording:
+        try:
+            return Recording.from_api(data)
+        except ValueError as exc:
+            raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> dict:
+        attempt = 0
+        while True:
+            try:
+                return self._once(method, url, **kwargs)
+            except SignalWireError as err:
+                if not err.retryable or attempt >= self.max_retries:
+                    raise
+                if err.retry_after is not None:
+                    if err.retry_after > self.max_retry_wait:
+                        raise
+                    wait = err.retry_after
+                else:
+                    wait = min(self.max_retry_wait, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+                attempt += 1
+                log.info("signalwire %s %s: %s; retry %d in %.2fs", method, urlsplit(url).path, err, attempt, wait)
+                time.sleep(wait)
+
+    def _once(self, method: str, url: str, **kwargs: Any) -> dict:
+        try:
+            response = self._session.request(method, url, timeout=self.timeout, allow_redirects=False, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            timeout = isinstance(exc, requests.exceptions.Timeout)
+            kind = type(exc).__name__
+            raise SignalWireError(
+                self._scrub(f"{kind} on {method} {urlsplit(url).path}"),
+                timeout=timeout,
+                method=method,
+                sent=not _never_sent(exc),
+            ) from None
+        log.debug("signalwire %s %s -> %d", method, urlsplit(url).path, response.status_code)
+        if not 200 <= response.status_code < 300:
+            code, message, more_info = _parse_error_body(response)
+            raise SignalWireError(
+                self._scrub(message or response.reason or "HTTP error"),
+                status=response.status_code,
+                code=code,
+                more_info=more_info,
+                retry_after=_retry_after(response),
+                method=method,
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise SignalWireError("response body is not a JSON object", status=response.status_code, final=True)
+        return body
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: never let the token out through a message echoed by a server."""
+        return text.replace(self._token, "***") if self._token else text
+
+
+def _rfc2822(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return format_datetime(value.astimezone(timezone.utc))
