@@ -252,7 +252,7 @@ class Store:
         found: list[tuple[datetime, str]] = []
         with self.engine.connect() as conn:
             for query in queries:
-                found += conn.execute(query.order_by(R.c.first_seen_at, R.c.sid).limit(limit)).tuples()
+                found += conn.execute(query.order_by(R.c.first_seen_at, R.c.sid).limit(limit)).all()
         return [sid for sid, _ in sorted(found, key=lambda row: (row[1], row[0]))[:limit]]
 
     # --- inbox: callbacks parked here while Redis is down --------------------------------
