@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.redis_server",
     "tests.fixtures.database",
     "tests.fixtures.sandbox",
+    "tests.fixtures.app",
 ]

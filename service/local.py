@@ -1,0 +1,101 @@
+"""`python -m service.local`: the whole service on one machine with embedded defaults.
+
+No REDIS_URL: a private Redis server. No DATABASE_URL: SQLite under instance/. No SignalWire
+credentials: the project's sandbox plays SignalWire over loopback HTTP. It then starts a
+recording through the API, waits for the callbacks to be processed and prints what was stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+
+import requests
+
+from service.config import default_database_url
+from service.redis_server import EmbeddedRedis, free_port
+from service.stack import Stack
+
+def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if not env.get("REDIS_URL"):
+        env["REDIS_URL"] = resources.enter_context(EmbeddedRedis()).url
+        print(f"* Redis: embedded server at {env['REDIS_URL']}")
+    env.setdefault("DATABASE_URL", default_database_url())
+    if not (env.get("SIGNALWIRE_PROJECT_ID") and env.get("SIGNALWIRE_API_TOKEN")):
+        from service import sandbox as sb
+
+        sandbox = resources.enter_context(sb.Sandbox(sb.DEFAULT_PROJECT_ID, sb.DEFAULT_API_TOKEN, sb.DEFAULT_SIGNING_KEY))
+        env.update(
+            SIGNALWIRE_SPACE=sandbox.base_url,
+            SIGNALWIRE_PROJECT_ID=sb.DEFAULT_PROJECT_ID,
+            SIGNALWIRE_API_TOKEN=sb.DEFAULT_API_TOKEN,
+            SIGNALWIRE_SIGNING_KEY=sb.DEFAULT_SIGNING_KEY,
+        )
+        print(f"* SignalWire: sandbox at {sandbox.base_url} (no credentials set)")
+    env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
+    print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
+    return env
+
+
+def migrate(env: dict[str, str]) -> None:
+    from service.store import Store
+
+    store = Store(env["DATABASE_URL"])
+    store.migrate()
+    store.dispose()
+
+
+def demo(base_url: str, token: str, timeout: float = 30.0) -> dict:
+    """Start a recording on a (sandbox) call and wait until it is stored as completed."""
+    auth = {"Authorization": f"Bearer {token}"}
+    call_sid = str(uuid.uuid4())
+    response = requests.post(f"{base_url}/api/calls/{call_sid}/recordings", json={"channels": "dual"},
+                             headers=auth, timeout=15)
+    print(f"\nPOST /api/calls/{call_sid}/recordings -> {response.status_code}")
+    response.raise_for_status()
+    location = response.headers["Location"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stored = requests.get(base_url + location, headers=auth, timeout=5).json()
+        if stored.get("status") == "completed" and stored.get("last_fetched_at"):
+            print(f"GET {location} ->")
+            print(json.dumps(stored, indent=2))
+            return stored
+        time.sleep(0.2)
+    raise SystemExit(f"recording at {location} was not stored as completed within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 0)) or None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--exit-after-demo", action="store_true", help="stop once the demo recording is stored")
+    args = parser.parse_args(argv)
+    port = args.port or free_port()
+    with ExitStack() as resources:
+        env = embedded_env(resources, port)
+        migrate(env)
+        stack = resources.enter_context(Stack(env, port=port, workers=args.workers))
+        print(f"* Web: {stack.base_url} (API token: set SERVICE_API_TOKEN to choose it; else a random one)")
+        demo(stack.base_url, env["SERVICE_API_TOKEN"])
+        if args.exit_after_demo:
+            return 0
+        print("\nService running; press Ctrl-C to stop.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("\nstopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+import pytest
+
+from service.config import ConfigError, load_settings
+
+GOOD = {
+    "SIGNALWIRE_SPACE": "example.signalwire.com",
+    "SIGNALWIRE_PROJECT_ID": "6bfbbe86-a901-4197-8759-2a0de1fa319d",
+    "SIGNALWIRE_API_TOKEN": "PTsecret-api-token-value",
+    "SIGNALWIRE_SIGNING_KEY": "PSK_old_key_value, PSK_new_key_value",
+    "PUBLIC_BASE_URL": "https://recordings.example.com/",
+    "SERVICE_API_TOKEN": "service-token-0123456789",
+    "REDIS_URL": "rediss://:pw@redis.example.com:6380",
+    "DATABASE_URL": "postgres://u:p@db.example.com:5432/d",
+}
+
+
+def test_good_environment_loads_every_setting():
+    settings = load_settings(GOOD)
+    assert settings.signalwire_signing_keys == ("PSK_old_key_value", "PSK_new_key_value")
+    assert settings.public_base_url == "https://recordings.example.com"
+    assert settings.callback_url == "https://recordings.example.com/webhooks/recording-status"
+    assert settings.redis_url.startswith("rediss://")
+    assert settings.database_url.startswith("postgres://")
+    assert settings.port == 5000 and settings.web_concurrency == 2
+
+
+def test_every_problem_is_named_in_one_error():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"PORT": "eighty", "PUBLIC_BASE_URL": "not a url", "DATABASE_URL": "mysql://x/y"})
+    message = str(info.value)
+    for name in ("SIGNALWIRE_SPACE", "SIGNALWIRE_PROJECT_ID", "SIGNALWIRE_API_TOKEN", "SIGNALWIRE_SIGNING_KEY",
+                 "SERVICE_API_TOKEN", "REDIS_URL", "PORT", "PUBLIC_BASE_URL", "DATABASE_URL"):
+        assert name in message, name
+    assert len(info.value.problems) == 9
+
+
+def test_secrets_never_appear_in_errors_or_repr():
+    bad = dict(GOOD, PORT="x", SERVICE_API_TOKEN="short")
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    settings = load_settings(GOOD)
+    for secret in ("PTsecret-api-token-value", "PSK_old_key_value", "short"):
+        assert secret not in str(info.value).replace("SERVICE_API_TOKEN must", "")
+        assert secret not in repr(settings)
+
+
+def test_signing_key_required_unless_explicitly_opted_out():
+    without = {k: v for k, v in GOOD.items() if k != "SIGNALWIRE_SIGNING_KEY"}
+    with pytest.raises(ConfigError, match="SIGNALWIRE_SIGNING_KEY"):
+        load_settings(without)
+    settings = load_settings(dict(without, ALLOW_UNSIGNED_WEBHOOKS="true"))
+    assert settings.allow_unsigned_webhooks and settings.signalwire_signing_keys == ()
+
+
+def test_database_defaults_to_sqlite_in_instance_folder():
+    settings = load_settings({k: v for k, v in GOOD.items() if k != "DATABASE_URL"})
+    assert settings.database_url.startswith("sqlite:///") and "instance" in settings.database_url
+
+
+def test_space_may_be_a_full_base_url():
+    assert load_settings(dict(GOOD, SIGNALWIRE_SPACE="http://127.0.0.1:8123")).signalwire_space == "http://127.0.0.1:8123"
+    with pytest.raises(ConfigError, match="SIGNALWIRE_SPACE"):
+        load_settings(dict(GOOD, SIGNALWIRE_SPACE="ftp://nope"))

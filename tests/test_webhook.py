@@ -1,0 +1,194 @@
+"""The callback receiver: signature, validation, dedupe, enqueue (real Redis, real store)."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import urlencode
+
+import pytest
+from rq import Queue
+
+from service import create_app
+from service.config import load_settings
+from service.ingest import JOB_FUNC
+from service.signatures import compute_signature
+from tests.fixtures.app import PUBLIC_BASE_URL
+
+PATH = "/webhooks/recording-status"
+
+
+def callback_params(project_id: str, **overrides) -> dict[str, str]:
+    sid = str(uuid.uuid4())
+    params = {
+        "AccountSid": project_id,
+        "CallSid": str(uuid.uuid4()),
+        "RecordingSid": sid,
+        "RecordingUrl": f"https://example.signalwire.com/api/laml/2010-04-01/Accounts/{project_id}/Recordings/{sid}",
+        "RecordingStatus": "completed",
+        "RecordingDuration": "94",
+        "RecordingChannels": "1",
+        "RecordingSource": "StartCallRecordingApi",
+    }
+    params.update(overrides)
+    return params
+
+
+@pytest.fixture
+def project_id(settings):
+    return settings.signalwire_project_id
+
+
+@pytest.fixture
+def key(settings):
+    return settings.signalwire_signing_keys[0]
+
+
+@pytest.fixture
+def queue(app):
+    return app.extensions["services"].queue
+
+
+def post(client, key, params, url=PUBLIC_BASE_URL + PATH, header="X-SignalWire-Signature", **kw):
+    signature = compute_signature(key, url, params)
+    return client.post(PATH, data=params, headers={header: signature}, **kw)
+
+
+def test_signed_post_is_enqueued_once_with_deterministic_id(client, key, project_id, queue):
+    params = callback_params(project_id)
+    first = post(client, key, params)
+    assert first.status_code == 204 and first.headers["X-Callback-Outcome"] == "queued"
+    again = post(client, key, params)
+    assert again.status_code == 204 and again.headers["X-Callback-Outcome"] == "duplicate"
+    assert queue.count == 1
+    job = queue.jobs[0]
+    assert job.id == f"cb_{params['RecordingSid']}_completed"
+    assert job.func_name == JOB_FUNC
+    payload = job.args[0]
+    assert payload["recording_sid"] == params["RecordingSid"] and payload["duration"] == 94
+    assert payload["params"] == params
+    assert job.retries_left and job.retries_left > 3
+
+
+def test_each_status_of_a_recording_is_its_own_event(client, key, project_id, queue):
+    params = callback_params(project_id, RecordingStatus="in-progress")
+    assert post(client, key, params).status_code == 204
+    assert post(client, key, dict(params, RecordingStatus="completed")).status_code == 204
+    assert queue.count == 2
+
+
+def test_signed_get_with_query_string(client, key, project_id, queue):
+    params = callback_params(project_id)
+    query = urlencode(params)
+    signature = compute_signature(key, f"{PUBLIC_BASE_URL}{PATH}?{query}")
+    response = client.get(f"{PATH}?{query}", headers={"X-SignalWire-Signature": signature})
+    assert response.status_code == 204
+    assert queue.count == 1
+
+
+def test_twilio_header_alias_and_standard_port_variant(client, key, project_id, queue):
+    params = callback_params(project_id)
+    with_port = "https://localhost:443" + PATH
+    assert post(client, key, params, url=with_port, header="X-Twilio-Signature").status_code == 204
+    assert queue.count == 1
+
+
+@pytest.mark.parametrize("signature", [None, "", "garbage", "RSOYDt4T1cUTdK1PDd93/VVr8B8="])
+def test_missing_or_bad_signature_is_403_and_nothing_enqueued(client, project_id, queue, signature):
+    headers = {} if signature is None else {"X-SignalWire-Signature": signature}
+    response = client.post(PATH, data=callback_params(project_id), headers=headers)
+    assert response.status_code == 403
+    assert "signature" in response.get_json()["error"]["message"]
+    assert queue.count == 0
+
+
+def test_signature_over_other_url_or_tampered_params_is_rejected(client, key, project_id, queue):
+    params = callback_params(project_id)
+    assert post(client, key, params, url="https://evil.example" + PATH).status_code == 403
+    signature = compute_signature(key, PUBLIC_BASE_URL + PATH, params)
+    tampered = dict(params, RecordingStatus="absent")
+    assert client.post(PATH, data=tampered, headers={"X-SignalWire-Signature": signature}).status_code == 403
+    assert queue.count == 0
+
+
+def test_every_configured_key_is_tried(env, store, project_id):
+    settings = load_settings(dict(env, SIGNALWIRE_SIGNING_KEY="PSK_retired, " + env["SIGNALWIRE_SIGNING_KEY"]))
+    app = create_app(settings)
+    try:
+        client = app.test_client()
+        assert post(client, "PSK_retired", callback_params(project_id)).status_code == 204
+        assert post(client, env["SIGNALWIRE_SIGNING_KEY"], callback_params(project_id)).status_code == 204
+        assert post(client, "PSK_unknown", callback_params(project_id)).status_code == 403
+    finally:
+        app.extensions["services"].close()
+
+
+def test_missing_required_parameters_are_named(client, key, project_id, queue):
+    params = callback_params(project_id)
+    for name in ("RecordingSid", "RecordingStatus"):
+        params.pop(name)
+    response = post(client, key, params)
+    assert response.status_code == 400
+    fields = response.get_json()["error"]["fields"]
+    assert set(fields) == {"RecordingSid", "RecordingStatus"}
+    assert queue.count == 0
+
+
+def test_other_project_is_forbidden(client, key, project_id, queue):
+    response = post(client, key, callback_params(str(uuid.uuid4())))
+    assert response.status_code == 403
+    assert "AccountSid" in response.get_json()["error"]["message"]
+    assert queue.count == 0
+
+
+def test_any_status_and_lenient_numbers_are_accepted(client, key, project_id, queue):
+    params = callback_params(project_id, RecordingStatus="failed", RecordingDuration="", RecordingChannels="two",
+                             ErrorCode="16102", RecordingTrack="both", Extra="kept")
+    assert post(client, key, params).status_code == 204
+    payload = queue.jobs[0].args[0]
+    assert payload["status"] == "failed" and payload["duration"] is None and payload["channels"] is None
+    assert payload["error_code"] == "16102" and payload["params"]["Extra"] == "kept"
+
+
+def test_oversized_body_is_413(client, key, project_id, queue):
+    params = callback_params(project_id, Padding="x" * (70 * 1024))
+    response = post(client, key, params)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["status"] == 413
+    assert queue.count == 0
+
+
+def test_redis_down_falls_back_to_the_inbox(env, store, project_id):
+    settings = load_settings(dict(env, REDIS_URL="redis://127.0.0.1:1/0"))
+    app = create_app(settings)
+    try:
+        params = callback_params(project_id)
+        response = post(app.test_client(), env["SIGNALWIRE_SIGNING_KEY"], params)
+        assert response.status_code == 204 and response.headers["X-Callback-Outcome"] == "inbox"
+        rows = store.inbox_take(10)
+        assert [payload["recording_sid"] for _, payload in rows] == [params["RecordingSid"]]
+    finally:
+        app.extensions["services"].close()
+
+
+def test_redis_and_database_down_is_503(env, store, project_id):
+    settings = load_settings(dict(env, REDIS_URL="redis://127.0.0.1:1/0",
+                                  DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"))
+    app = create_app(settings)
+    try:
+        response = post(app.test_client(), env["SIGNALWIRE_SIGNING_KEY"], callback_params(project_id))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"]
+    finally:
+        app.extensions["services"].close()
+
+
+def test_inbox_drains_into_the_queue_once(app, store, project_id, queue):
+    ingest = app.extensions["ingest"]
+    from service.recordings import CallbackEvent
+
+    event = CallbackEvent(recording_sid=str(uuid.uuid4()), account_sid=project_id, status="completed")
+    store.inbox_put(event.to_payload())
+    store.inbox_put(event.to_payload())  # the same callback kept twice while Redis was down
+    assert ingest.drain_inbox() == 2
+    assert store.inbox_take(10) == []
+    assert queue.count == 1
