@@ -145,6 +145,7 @@ class Sandbox:
         self._create_requests: list[dict] = []
         self._forced: deque[dict] = deque()
         self.callbacks_dropped = 0
+        self.api_requests = 0
         self.ended_calls: set[str] = set()
         self.absent_calls: set[str] = set()
         self.silent_calls: set[str] = set()
@@ -178,7 +179,10 @@ class Sandbox:
         self._http.mount("https://", HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0))
         self._server = make_server(self.host, self.port, self.app, threaded=True, request_handler=_QuietHandler)
         self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sandbox-http", daemon=True)
+        server = self._server
+        self._thread = threading.Thread(
+            target=lambda: server.serve_forever(poll_interval=0.05), name="sandbox-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -240,6 +244,8 @@ class Sandbox:
                 "callbacks_sent": len(self._callbacks),
                 "callbacks_dropped": self.callbacks_dropped,
                 "create_requests": len(self._create_requests),
+                "api_requests": self.api_requests,
+                "forced_pending": len(self._forced),
             }
 
     # --- knobs ---------------------------------------------------------------------------
@@ -280,15 +286,22 @@ class Sandbox:
         count: int = 1,
         code: int | None = None,
         message: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Force the next `count` API responses to be this error, in this body shape."""
+        """Force the next `count` API responses to be this error, in this body shape (plus headers)."""
         if shape not in SHAPES:
             raise ValueError(f"shape must be one of {SHAPES}")
         with self._lock:
             for _ in range(count):
                 self._forced.append(
-                    {"status": status, "shape": shape, "retry_after": retry_after, "code": code, "message": message}
+                    {"status": status, "shape": shape, "retry_after": retry_after, "code": code, "message": message,
+                     "headers": dict(headers or {})}
                 )
+
+    def patch_recording(self, sid: str, **fields: Any) -> None:
+        """Change how a recording is served (e.g. numbers as strings) to exercise lenient clients."""
+        with self._lock:
+            self._recordings[sid].update(fields)
 
     def end_call(self, call_sid: str) -> None:
         """The call hangs up: later creates fail with 21220; its live recordings complete now."""
@@ -505,13 +518,17 @@ class Sandbox:
     def _inject_faults(self) -> Response | None:
         if not request.path.startswith(API):
             return None
+        with self._lock:
+            self.api_requests += 1
         if self.latency > 0:
             time.sleep(self.latency)
         with self._lock:
             forced = self._forced.popleft() if self._forced else None
         if forced is not None:
             message = forced["message"] or f"Sandbox forced error {forced['status']}"
-            return self._error(forced["status"], forced["code"], message, forced["shape"], forced["retry_after"])
+            response = self._error(forced["status"], forced["code"], message, forced["shape"], forced["retry_after"])
+            response.headers.update(forced["headers"])
+            return response
         if self._chance(self.error_rate):
             with self._lock:
                 status = self._rng.choice(list(self.error_statuses))
