@@ -1,0 +1,116 @@
+"""Helpers for tests that run the real processes: gunicorn (2 workers), RQ workers, Redis,
+the store and the sandbox, wired together exactly as in production."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from typing import Callable, Iterator
+
+import psycopg
+import pytest
+import requests
+
+from service.recordings import Recording, is_terminal
+from service.redis_server import free_port
+from service.stack import Stack
+from service.store import Store
+from tests.fixtures.database import with_search_path
+from tests.fixtures.sandbox import SandboxCredentials
+
+API_TOKEN = "e2e-api-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp_dir, postgres_server) -> Iterator[str]:
+    """A migrated database of its own: a SQLite file, or a fresh PostgreSQL schema."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_dir / 'e2e.sqlite3'}"
+        schema = None
+    else:
+        server, reason = postgres_server
+        if server is None:
+            if os.environ.get("REQUIRE_POSTGRES") == "1":
+                pytest.fail(reason)
+            pytest.skip(reason)
+        schema = f"e2e_{secrets.token_hex(5)}"
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        url = with_search_path(server, schema)
+    store = Store(url)
+    store.migrate()
+    store.dispose()
+    try:
+        yield url
+    finally:
+        if schema:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def stack_env(redis_url: str, database_url: str, sandbox, credentials: SandboxCredentials, port: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNALWIRE_", "DATABASE_", "REDIS_"))}
+    env.update(
+        SIGNALWIRE_SPACE=sandbox.base_url,
+        SIGNALWIRE_PROJECT_ID=credentials.project_id,
+        SIGNALWIRE_API_TOKEN=credentials.api_token,
+        SIGNALWIRE_SIGNING_KEY=credentials.signing_key,
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+        SERVICE_API_TOKEN=API_TOKEN,
+        REDIS_URL=redis_url,
+        DATABASE_URL=database_url,
+        LOG_LEVEL="INFO",
+    )
+    return env
+
+
+def start_stack(env: dict, port: int, log_path, workers: int = 1) -> Stack:
+    return Stack(env, port=port, workers=workers, web_concurrency=2, log_path=str(log_path)).start()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def get_recording(base_url: str, sid: str) -> dict | None:
+    response = requests.get(f"{base_url}/api/recordings/{sid}", headers=AUTH, timeout=10)
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return response.json()
+
+
+def stored_when_settled(base_url: str, sid: str, expected_events: set[str], timeout: float = 30.0) -> dict:
+    """The stored recording once it is terminal, fetched, and holds the expected history."""
+
+    def settled():
+        stored = get_recording(base_url, sid)
+        if not stored or not is_terminal(stored["status"]) or not stored["last_fetched_at"]:
+            return None
+        if {e["status"] for e in stored["events"]} != expected_events:
+            return None
+        return stored
+
+    return wait_for(settled, timeout, what=f"recording {sid} to settle with {sorted(expected_events)}")
+
+
+METADATA_FIELDS = ("sid", "account_sid", "api_version", "call_sid", "conference_sid", "channels", "date_created",
+                   "date_updated", "start_time", "end_time", "duration", "price", "price_unit", "source", "status",
+                   "error_code", "uri", "subresource_uris", "trim", "extra")
+
+
+def assert_matches_signalwire(stored: dict, served: dict) -> None:
+    """Field by field, the stored recording equals what the sandbox serves for it."""
+    expected = Recording.from_api(served).to_dict()
+    for name in METADATA_FIELDS:
+        assert stored[name] == expected[name], (name, stored[name], expected[name])
