@@ -228,6 +228,18 @@ def test_callback_for_a_recording_we_did_not_start_creates_it(store):
     assert got["date_created"] is None
 
 
+def test_callback_before_save_started_still_marks_it_ours(store):
+    # The in-progress callback can be handled before the API request that started it returns.
+    store.record_event(event("rec-1", "in-progress", received_at=T0))
+    store.save_started(full_recording(status="in-progress", duration=None), {"Trim": "trim-silence"})
+    got = store.get("rec-1")
+    assert got["started_by_us"] is True and got["requested"] == {"Trim": "trim-silence"}
+    assert got["first_seen_at"] == "2026-03-01T12:00:00+00:00"  # the first sighting stays
+    assert got["created_at"] == got["date_created"] == "2026-03-01T12:00:05.123456+00:00"
+    assert got["duration"] == 7  # the callback's value; the API had none
+    assert len(got["events"]) == 1 and len(rows(store, "recordings")) == 1
+
+
 def test_status_never_goes_backwards(store):
     assert store.record_event(event("rec-1", "completed", duration=42)) is True
     assert store.record_event(event("rec-1", "in-progress", duration=0)) is True  # history keeps it
