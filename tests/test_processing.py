@@ -1,0 +1,92 @@
+"""The worker's handling of one callback, against a real store and the sandbox over HTTP,
+and the RQ job itself run by a real worker on a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from rq import SimpleWorker
+
+from service.ingest import Ingest
+from service.processing import handle_callback
+from service.recordings import CallbackEvent
+from service.signalwire import SignalWireError
+
+
+def started(sandbox, sw_client, **kw):
+    recording = sw_client.create_recording(str(uuid.uuid4()), status_callback="http://127.0.0.1:1/cb", **kw)
+    sandbox.end_call(recording.call_sid)  # completes the recording now
+    return recording
+
+
+def event(recording, status, **kw):
+    return CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid, status=status,
+                         call_sid=recording.call_sid, **kw)
+
+
+def test_completed_fetches_and_stores_metadata(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    assert handle_callback(store, sw_client, event(recording, "completed")) == "completed"
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed" and stored["duration"] == sandbox.recordings[recording.sid]["duration"]
+    assert stored["last_fetched_at"] and [e["status"] for e in stored["events"]] == ["completed"]
+
+
+def test_in_progress_only_records_the_status(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    before = sandbox.state()["api_requests"]
+    assert handle_callback(store, sw_client, event(recording, "in-progress")) == "recorded"
+    stored = store.get(recording.sid)
+    assert stored["status"] == "in-progress" and stored["last_fetched_at"] is None
+    assert sandbox.state()["api_requests"] == before  # nothing fetched for a live status
+
+
+def test_late_in_progress_never_moves_state_back(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    handle_callback(store, sw_client, event(recording, "completed"))
+    handle_callback(store, sw_client, event(recording, "in-progress"))
+    handle_callback(store, sw_client, event(recording, "completed"))  # a duplicate, too
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed"
+    assert sorted(e["status"] for e in stored["events"]) == ["completed", "in-progress"]
+
+
+def test_metadata_lag_404_is_raised_for_retry_and_counted(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    sandbox.metadata_lag = 60
+    with pytest.raises(SignalWireError) as info:
+        handle_callback(store, sw_client, event(recording, "completed"))
+    assert info.value.status == 404
+    stored = store.get(recording.sid)
+    assert stored["attempts"] == 1 and "404" in stored["last_error"]
+    sandbox.metadata_lag = 0
+    handle_callback(store, sw_client, event(recording, "completed"))
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed" and stored["last_error"] is None
+
+
+def test_recording_url_host_is_never_requested(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    hostile = event(recording, "completed", recording_url="http://169.254.169.254/latest/meta-data")
+    handle_callback(store, sw_client, hostile)
+    assert store.get(recording.sid)["uri"] == sandbox.recordings[recording.sid]["uri"]
+
+
+def test_rq_job_runs_on_a_real_worker(app, store, sandbox, sw_client, monkeypatch, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from workers import jobs
+
+    jobs.services.cache_clear()
+    services = app.extensions["services"]
+    ingest = Ingest(services.queue, store, dedupe_ttl=60)
+    recording = started(sandbox, sw_client)
+    assert ingest.enqueue(event(recording, "in-progress"))
+    assert ingest.enqueue(event(recording, "completed"))
+    worker = SimpleWorker([services.queue], connection=services.redis, serializer=services.queue.serializer)
+    assert worker.work(burst=True)
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed" and len(stored["events"]) == 2
+    jobs.services().close()
+    jobs.services.cache_clear()
