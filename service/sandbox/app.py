@@ -168,6 +168,7 @@ class Sandbox:
         self._scheduler: _Scheduler | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._http: requests.Session | None = None
+        self._stopping = threading.Event()
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -187,6 +188,7 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # in-flight deliveries stop retrying
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -465,6 +467,8 @@ class Sandbox:
         signature = compute_signature(self._signing_key, url, body)
         assert self._http is not None
         for attempt in range(1, 4):  # SignalWire: three attempts in total (contract section 6)
+            if self._stopping.is_set():
+                return
             status: int | None = None
             try:
                 response = self._http.request(
