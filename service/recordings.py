@@ -65,8 +65,10 @@ def parse_int(value: Any) -> int | None:
         text = str(value).strip()
         if not text:
             return None
-        return int(float(text))
-    except (TypeError, ValueError):
+        number = float(text)
+        # Callbacks are fuzzed by the world: 'inf', 'nan' and 1e309 must not raise either.
+        return int(number) if abs(number) < 2**63 else None
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
