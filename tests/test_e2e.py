@@ -143,3 +143,23 @@ def test_recording_we_did_not_start_is_stored_too(running):
     assert stored["started_by_us"] is False and stored["requested"] is None
     assert stored["source"] == "RecordVerb" and stored["call_sid"] == call_sid
     assert_matches_signalwire(stored, running.sandbox.recordings[sid])
+
+
+def test_no_secret_appears_in_the_logs_of_a_full_run(running):
+    """Runs last in this module: the log holds every process's output for the whole module."""
+    base = running.base
+    # Exercise the error paths too: a bad token, an upstream failure, a forged callback.
+    assert requests.get(f"{base}/api/recordings", headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 401
+    running.sandbox.fail_next(500)
+    response = requests.post(f"{base}/api/calls/{uuid.uuid4()}/recordings", json={}, headers=AUTH, timeout=15)
+    assert response.status_code == 502
+    running.sandbox.fail_next(401, message=f"token {running.credentials.api_token} refused")
+    response = requests.post(f"{base}/api/calls/{uuid.uuid4()}/recordings", json={}, headers=AUTH, timeout=15)
+    assert response.status_code == 502 and running.credentials.api_token not in response.text
+    body = start(base)
+    stored_when_settled(base, body["sid"], {"in-progress", "completed"})
+
+    log = running.log.read_text(errors="replace")
+    assert "recording" in log and "Listening at" in log  # the log really holds the processes' output
+    for secret in (running.credentials.api_token, running.credentials.signing_key, running.env["SERVICE_API_TOKEN"]):
+        assert secret not in log
