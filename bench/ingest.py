@@ -1,0 +1,185 @@
+"""Ingest: the real webhook (signature, validation, dedupe + enqueue) against a bare 204 route,
+both under the same gunicorn configuration, loaded with signed, unique callbacks.
+
+python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from bench import loadgen
+from bench.common import (
+    ROOT, EmbeddedRedis, fmt, free_port, log, median, save_json, service_env, signed_body, callback_params,
+    wait_http, workdir,
+)
+
+# name -> (environment, extra gunicorn arguments). "default" is service/gunicorn_conf.py as is
+# with the Stack's WEB_CONCURRENCY=2; the others override it from the command line.
+CONFIGS = {
+    "default": ({"WEB_CONCURRENCY": "2"}, []),
+    "gthread-4x4": ({"WEB_CONCURRENCY": "4"}, []),
+    "gthread-2x1": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1"}, []),
+    "sync-2": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1"}, ["-k", "sync"]),
+    "sync-4": ({"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}, ["-k", "sync"]),
+    "default-nohiredis": ({"WEB_CONCURRENCY": "2", "BENCH_NO_HIREDIS": "1"}, []),
+}
+WRK = shutil.which("wrk")
+LUA = Path(__file__).with_name("post_bodies.lua")
+NO_HIREDIS = Path(__file__).with_name("nohiredis")
+
+
+def gunicorn(app: str, port: int, env: dict, extra: list[str], log_file) -> subprocess.Popen:
+    env = dict(env, PORT=str(port), PYTHONUNBUFFERED="1")
+    if env.pop("BENCH_NO_HIREDIS", None):
+        env["PYTHONPATH"] = f"{NO_HIREDIS}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    argv = [sys.executable, "-m", "gunicorn", app, "-c", "python:service.gunicorn_conf",
+            "--bind", f"127.0.0.1:{port}", *extra]
+    proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log_file, stderr=log_file, start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/healthz")
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
+    lines = []
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(count):
+        sid = str(uuid.uuid4())
+        lines.append(signed_body(base, callback_params(sid)))
+    path.write_text("".join(f"{sig}\t{body}\n" for sig, body in lines))
+    return lines
+
+
+def load(port: int, bodies: Path, lines, connections: int, duration: float) -> dict:
+    if WRK:
+        threads = 2
+        out = subprocess.run(
+            [WRK, f"-t{threads}", f"-c{connections}", f"-d{max(1, int(round(duration)))}s", "--timeout", "10s", "-s", str(LUA),
+             f"http://127.0.0.1:{port}", "--", str(bodies), str(threads)],
+            capture_output=True, text=True, timeout=duration + 60,
+        )
+        line = next((l for l in out.stdout.splitlines() if l.startswith("JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk failed: {out.stdout} {out.stderr}")
+        r = json.loads(line[5:])
+    else:
+        r = loadgen.run("127.0.0.1", port, lines, connections, duration)
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["p50_ms"], r["p99_ms"] = r["p50_us"] / 1000, r["p99_us"] / 1000
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3) -> dict:
+    results: dict = {"tool": "wrk" if WRK else "python loadgen", "duration_s": duration, "repeats": repeats,
+                     "configs": {}}
+    with workdir() as tmp, EmbeddedRedis() as rs:
+        client = redis.Redis.from_url(rs.url)
+        db_url = f"sqlite:///{tmp / 'ingest.sqlite3'}"
+        from service.store import Store
+
+        st = Store(db_url)
+        st.migrate()
+        st.dispose()
+        log_file = open(tmp / "gunicorn.log", "ab")
+        for name in configs:
+            env_extra, extra = CONFIGS[name]
+            bare_port, real_port = free_port(), free_port()
+            env = service_env(rs.url, db_url, "http://127.0.0.1:9", real_port, **env_extra)
+            bodies = tmp / f"bodies-{real_port}.txt"
+            lines = write_bodies(bodies, real_port, 80_000)
+            log(f"ingest {name}: starting gunicorn (bare :{bare_port}, webhook :{real_port})")
+            bare = gunicorn("bench.bare_app:app", bare_port, env, extra, log_file)
+            real = gunicorn("service:create_app()", real_port, env, extra, log_file)
+            try:
+                for port in (bare_port, real_port):  # warm-up
+                    load(port, bodies, lines, 16, 1)
+                client.flushall()
+                runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": []} for c in connections}
+                for rep in range(repeats):
+                    for c in connections:
+                        b = load(bare_port, bodies, lines, c, duration)
+                        w = load(real_port, bodies, lines, c, duration)
+                        queued = client.llen("rq:queue:recordings")
+                        client.flushall()  # fresh dedupe keys: the next run's callbacks are new again
+                        runs[c]["bare"].append(b)
+                        runs[c]["webhook"].append(w)
+                        runs[c]["ratio"].append(w["rps"] / b["rps"])
+                        runs[c]["queued"].append(queued)
+                        log(f"  {name} c={c} rep={rep}: bare {b['rps']:.0f} req/s p99 {b['p99_ms']:.1f} ms | "
+                            f"webhook {w['rps']:.0f} req/s p99 {w['p99_ms']:.1f} ms, queued {queued}/{w['requests']}, "
+                            f"errors {w['errors']}")
+                summary = {}
+                for c, r in runs.items():
+                    summary[c] = {
+                        "bare_rps": median(x["rps"] for x in r["bare"]),
+                        "bare_p50_ms": median(x["p50_ms"] for x in r["bare"]),
+                        "bare_p99_ms": median(x["p99_ms"] for x in r["bare"]),
+                        "webhook_rps": median(x["rps"] for x in r["webhook"]),
+                        "webhook_p50_ms": median(x["p50_ms"] for x in r["webhook"]),
+                        "webhook_p99_ms": median(x["p99_ms"] for x in r["webhook"]),
+                        "ratio": median(r["ratio"]),
+                        "webhook_errors": sum(x["errors"] for x in r["webhook"]),
+                        "queued_vs_requests": [(q, x["requests"]) for q, x in zip(r["queued"], r["webhook"])],
+                    }
+                results["configs"][name] = {"summary": summary, "runs": runs}
+            finally:
+                stop(bare)
+                stop(real)
+        log_file.close()
+    return results
+
+
+def table(results: dict) -> str:
+    rows = ["| gunicorn config | conns | bare req/s | bare p50/p99 ms | webhook req/s | webhook p50/p99 ms | ratio | target (64 conns: ≥0.65x, p99 ≤50 ms) |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, r in results["configs"].items():
+        for c, s in r["summary"].items():
+            target = "-"
+            if int(c) == 64:
+                ok = s["ratio"] >= 0.65 and s["webhook_p99_ms"] <= 50
+                target = "met" if ok else "MISSED"
+            rows.append(f"| {name} | {c} | {fmt(s['bare_rps'], 0)} | {fmt(s['bare_p50_ms'])}/{fmt(s['bare_p99_ms'])} | "
+                        f"{fmt(s['webhook_rps'], 0)} | {fmt(s['webhook_p50_ms'])}/{fmt(s['webhook_p99_ms'])} | "
+                        f"{fmt(s['ratio'], 2)}x | {target} |")
+    return (f"### Ingest ({results['tool']}, {results['duration_s']} s x {results['repeats']} runs, medians)\n\n"
+            + "\n".join(rows))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.ingest")
+    p.add_argument("--configs", default="default", help=f"comma list of {','.join(CONFIGS)} or 'all'")
+    p.add_argument("--connections", default="16,64")
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args(argv)
+    configs = list(CONFIGS) if a.configs == "all" else a.configs.split(",")
+    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats)
+    path = save_json("ingest", res)
+    print(table(res))
+    log(f"JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
