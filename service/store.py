@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from service.models import TERMINAL_RANK, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
-from service.recordings import TERMINAL_STATUSES, CallbackEvent, Recording, format_time, status_rank
+from service.recordings import CallbackEvent, Recording, format_time, status_rank
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -233,27 +233,21 @@ class Store:
         return [_json_ready(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
-        """Recordings for the reconciliation sweep, oldest first.
+        """Recordings for the reconciliation sweep, oldest first: those whose status is not
+        terminal (or unknown) and that were first seen before `older_than`.
 
-        Those not in a terminal status seen before `older_than`, plus those we started whose
-        status is terminal but for which no terminal callback ever arrived.
+        A terminal status is final wherever it came from (a callback or a metadata fetch), so
+        terminal recordings are never swept again. `status_rank < TERMINAL_RANK` covers "not
+        terminal or null" and matches the partial index ix_recordings_unfinished.
         """
-        stale = R.c.first_seen_at < older_than
-        terminal_event = (
-            sa.select(E.c.id).where(E.c.recording_sid == R.c.sid, E.c.status.in_(sorted(TERMINAL_STATUSES))).exists()
+        query = (
+            sa.select(R.c.sid)
+            .where(R.c.status_rank < TERMINAL_RANK, R.c.first_seen_at < older_than)
+            .order_by(R.c.first_seen_at, R.c.sid)
+            .limit(limit)
         )
-        queries = (
-            # status_rank < TERMINAL_RANK is "not terminal or null" and matches the partial index.
-            sa.select(R.c.sid, R.c.first_seen_at).where(R.c.status_rank < TERMINAL_RANK, stale),
-            sa.select(R.c.sid, R.c.first_seen_at).where(
-                R.c.started_by_us, R.c.status_rank >= TERMINAL_RANK, stale, ~terminal_event
-            ),
-        )
-        found: list[tuple[datetime, str]] = []
         with self.engine.connect() as conn:
-            for query in queries:
-                found += conn.execute(query.order_by(R.c.first_seen_at, R.c.sid).limit(limit)).all()
-        return [sid for sid, _ in sorted(found, key=lambda row: (row[1], row[0]))[:limit]]
+            return list(conn.execute(query).scalars())
 
     # --- inbox: callbacks parked here while Redis is down --------------------------------
 

@@ -1,0 +1,147 @@
+"""The reconciliation sweep against a real store (SQLite, PostgreSQL), a real Redis and the
+SignalWire sandbox over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from service.recordings import CallbackEvent, Recording
+from service.sweep import LOCK_KEY, sweep
+from tests.test_store import event as store_event, full_recording
+
+DEAD_CALLBACK = "http://127.0.0.1:9/x"
+OLD = datetime.now(timezone.utc) - timedelta(hours=2)
+
+
+def completed_recording(sandbox, sw_client) -> Recording:
+    recording = sw_client.create_recording(str(uuid.uuid4()), status_callback=DEAD_CALLBACK)
+    sandbox.end_call(recording.call_sid)
+    return recording
+
+
+def seen_in_progress(store, recording: Recording, when: datetime = OLD) -> None:
+    """The store heard `in-progress` long ago; the terminal callback never came."""
+    store.record_event(CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid,
+                                     status="in-progress", call_sid=recording.call_sid, received_at=when))
+
+
+def test_unfinished_is_every_non_terminal_recording_seen_before_the_threshold(store):
+    now = datetime.now(timezone.utc)
+    old = now - timedelta(days=1)
+    threshold = now + timedelta(hours=1)
+    store.record_event(store_event("a-live", "in-progress", received_at=old))
+    store.record_event(store_event("b-done", "completed", received_at=old))
+    store.record_event(store_event("c-too-new", "in-progress", received_at=now + timedelta(hours=2)))
+    store.save_metadata(full_recording(sid="e-no-status", status=None))
+    # Terminal from a metadata fetch is final, even without a terminal callback.
+    store.save_started(full_recording(sid="f-ours-no-callback", status="completed"), {})
+    store.save_started(full_recording(sid="h-ours-live", status="stopped"), {})
+    found = store.unfinished(older_than=threshold)
+    assert set(found) == {"a-live", "e-no-status", "h-ours-live"}
+    assert found[0] == "a-live"  # oldest first
+    assert store.unfinished(older_than=threshold, limit=2) == found[:2]
+    assert store.unfinished(older_than=old - timedelta(days=1)) == []
+
+
+def test_sweep_fetches_and_stores_unfinished_recordings(store, sandbox, sw_client, redis_conn):
+    lost = completed_recording(sandbox, sw_client)
+    seen_in_progress(store, lost)
+    recent = completed_recording(sandbox, sw_client)
+    seen_in_progress(store, recent, when=datetime.now(timezone.utc))  # too new to sweep yet
+
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600, list_hours=0)
+
+    assert (report.checked, report.stored, report.failed, report.listed) == (1, 1, 0, 0)
+    assert not report.skipped_locked and not report.rate_limited
+    stored = store.get(lost.sid)
+    assert stored["status"] == "completed" and stored["last_fetched_at"]
+    assert stored["duration"] == sandbox.recordings[lost.sid]["duration"]
+    assert store.get(recent.sid)["status"] == "in-progress"
+    assert store.unfinished(older_than=datetime.now(timezone.utc) - timedelta(seconds=600)) == []
+    assert not redis_conn.exists(LOCK_KEY)  # released
+
+
+def test_a_404_is_recorded_and_the_recording_left_unfinished(store, sandbox, sw_client, redis_conn):
+    ghost = Recording(sid=str(uuid.uuid4()), call_sid="call-x", status="in-progress")
+    seen_in_progress(store, ghost)
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+    assert (report.checked, report.stored, report.failed) == (1, 0, 1)
+    stored = store.get(ghost.sid)
+    assert stored["status"] == "in-progress" and stored["attempts"] == 1 and "404" in stored["last_error"]
+    assert sweep(store, sw_client, redis_conn, older_than_seconds=600).failed == 1  # tried again later
+    assert store.get(ghost.sid)["attempts"] == 2
+
+
+def test_listing_finds_recordings_whose_callbacks_never_came(store, sandbox, sw_client, redis_conn):
+    call_sid = str(uuid.uuid4())
+    unknown = sandbox.record_verb(call_sid, DEAD_CALLBACK, events=("in-progress", "completed"))
+    sandbox.end_call(call_sid)
+    known = completed_recording(sandbox, sw_client)
+    store.save_metadata(sw_client.fetch_recording(known.sid))  # already terminal here
+    half = completed_recording(sandbox, sw_client)
+    seen_in_progress(store, half, when=datetime.now(timezone.utc))  # too new for pass (a)
+
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600, list_hours=1)
+
+    assert report.listed == 3 and report.stored == 2 and report.failed == 0
+    stored = store.get(unknown)
+    assert stored["status"] == "completed" and stored["source"] == "RecordVerb" and stored["call_sid"] == call_sid
+    assert stored["started_by_us"] is False and stored["events"] == []
+    assert store.get(half.sid)["status"] == "completed"
+
+
+def test_a_second_concurrent_sweep_is_skipped(store, sandbox, sw_client, redis_conn):
+    seen_in_progress(store, completed_recording(sandbox, sw_client))
+    sandbox.latency = 0.5  # the first sweep is still running when the second starts
+    held = redis_conn.lock(LOCK_KEY, timeout=30)
+    assert held.acquire(blocking=False)
+    try:
+        report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+        assert report.skipped_locked and report.checked == 0
+    finally:
+        held.release()
+    # Two at once from two threads: exactly one runs.
+    barrier = threading.Barrier(2)
+    reports = []
+
+    def run():
+        barrier.wait()
+        reports.append(sweep(store, sw_client, redis_conn, older_than_seconds=600))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(reports) == 2
+    assert sorted(r.skipped_locked for r in reports) == [False, True]
+    assert sum(r.stored for r in reports) == 1
+
+
+def test_a_rate_limit_stops_the_sweep_without_hammering(store, sandbox, sw_client, redis_conn):
+    for _ in range(3):
+        seen_in_progress(store, completed_recording(sandbox, sw_client))
+    sandbox.fail_next(429, retry_after=30)
+    before = sandbox.state()["api_requests"]
+
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+
+    assert report.rate_limited and report.retry_after == 30
+    assert report.checked == 1 and report.stored == 0
+    assert sandbox.state()["api_requests"] - before == 1  # one request, then we stopped
+    assert "stopped early: rate limited" in report.summary()
+    assert not redis_conn.exists(LOCK_KEY)
+
+
+def test_a_short_retry_after_is_waited_out(store, sandbox, sw_client, redis_conn):
+    recording = completed_recording(sandbox, sw_client)
+    seen_in_progress(store, recording)
+    sandbox.fail_next(429, retry_after=0.5)
+    started = time.monotonic()
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+    assert time.monotonic() - started >= 0.5
+    assert not report.rate_limited and report.stored == 1
+    assert store.get(recording.sid)["status"] == "completed"
