@@ -46,6 +46,12 @@ class Settings:
     sweep_interval: int = 300
     sweep_after: int = 600
     sweep_list_hours: int = 0
+    # Worker housekeeping (workers.housekeeping): inbox drain and crash-recovery periods, and
+    # how long a worker's liveness key lasts without a refresh (dead workers' jobs are
+    # requeued about this long after the worker died).
+    inbox_drain_interval: int = 2
+    recovery_interval: int = 3
+    worker_alive_ttl: int = 8
     log_level: str = "INFO"
 
     @property
@@ -140,6 +146,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
         sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),
         sweep_list_hours=_int(env, "SWEEP_LIST_HOURS", 0, problems, minimum=0),
+        inbox_drain_interval=_int(env, "INBOX_DRAIN_INTERVAL", 2, problems, minimum=1),
+        recovery_interval=_int(env, "RECOVERY_INTERVAL", 3, problems, minimum=1),
+        worker_alive_ttl=_int(env, "WORKER_ALIVE_TTL", 8, problems, minimum=3),
     )
     queue_name = (env.get("RQ_QUEUE") or "recordings").strip()
     log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()

@@ -1,8 +1,17 @@
 """`python -m workers`: the Procfile's worker process.
 
 An RQ worker with its scheduler (so that retries fire) on the project's queue. It runs jobs
-in-process (SimpleWorker): no fork per job, so connection pools stay warm and safe to use;
-a crashed worker's jobs are recovered at start-up (see workers.recovery).
+in-process (SimpleWorker): no fork per job, so connection pools stay warm and safe to use,
+and no work horse in a process group of its own (RQ's horse calls setpgrp) to outlive us.
+
+Next to the work loop, daemon threads do the housekeeping (workers.housekeeping): the
+liveness beat, the inbox drain, crash recovery of dead workers' jobs (workers.recovery) and
+the reconciliation sweep.
+
+SIGTERM (Heroku's stop): RQ's warm shutdown finishes the current job, stops the scheduler
+process it started and registers the worker's death; then the housekeeping threads stop and
+the process exits 0. A job longer than Heroku's 30 s grace is SIGKILLed with the process and
+recovered by another worker within seconds (workers.recovery).
 """
 
 from __future__ import annotations
@@ -15,8 +24,17 @@ from rq import SimpleWorker
 from service.config import ConfigError, load_settings
 from service.logs import configure_logging
 from service.services import queue_for, redis_connection
+from workers.housekeeping import Housekeeping
 
 log = logging.getLogger("workers")
+
+# RQ's idle heartbeat: the worker key lives worker_ttl + 60 s, and blocking dequeues last
+# worker_ttl - 15 s. 420 s by default; 30 s keeps an idle dead worker's key around for 90 s
+# at most (liveness in seconds comes from workers.recovery, which RQ cannot be tuned to).
+WORKER_TTL = 30
+# RQ's registry cleanup and scheduler takeover run only every maintenance_interval (600 s by
+# default): when the worker running the scheduler dies, retries would wait that long.
+MAINTENANCE_INTERVAL = 30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
     connection = redis_connection(settings.redis_url, socket_timeout=None)
     queue = queue_for(settings, connection)
-    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer)
+    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer, worker_ttl=WORKER_TTL,
+                          maintenance_interval=MAINTENANCE_INTERVAL)
+    housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
-    worker.work(with_scheduler=True, logging_level=settings.log_level)
+    try:
+        worker.work(with_scheduler=True, logging_level=settings.log_level)
+    finally:
+        housekeeping.stop()
     return 0
 
 

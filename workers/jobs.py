@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import functools
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import load_settings
 from service.processing import handle_callback, refresh_metadata
 from service.recordings import CallbackEvent
 from service.services import Services
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -16,11 +21,28 @@ def services() -> Services:
     return Services(load_settings())
 
 
+def _note_database_error(s: Services, sid: str, exc: SQLAlchemyError) -> None:
+    """Best effort: show the failure on the recording (impossible when the database is down)."""
+    try:
+        s.store.note_attempt(sid, f"database error: {type(exc).__name__}")
+    except Exception:
+        log.warning("could not record the database error on %s", sid)
+
+
 def process_callback(payload: dict) -> str:
     s = services()
-    return handle_callback(s.store, s.signalwire, CallbackEvent.from_payload(payload))
+    event = CallbackEvent.from_payload(payload)
+    try:
+        return handle_callback(s.store, s.signalwire, event)
+    except SQLAlchemyError as exc:
+        _note_database_error(s, event.recording_sid, exc)
+        raise
 
 
 def refresh_recording(sid: str) -> str:
     s = services()
-    return refresh_metadata(s.store, s.signalwire, sid)
+    try:
+        return refresh_metadata(s.store, s.signalwire, sid)
+    except SQLAlchemyError as exc:
+        _note_database_error(s, sid, exc)
+        raise

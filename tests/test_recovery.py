@@ -1,0 +1,183 @@
+"""Crash recovery with real worker processes (`python -m workers`) on a real Redis: a job whose
+worker was SIGKILLed runs again on another worker within seconds, and a job stuck in RQ's
+intermediate queue is put back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rq import SimpleWorker
+from rq.job import Job, JobStatus
+from rq.worker import BaseWorker
+
+from service.config import load_settings
+from service.services import queue_for
+from service.store import Store
+from tests.e2e import wait_for
+from workers import recovery
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def worker_env(redis_url, tmp_path):
+    url = f"sqlite:///{tmp_path / 'recovery.sqlite3'}"
+    store = Store(url)
+    store.migrate()
+    store.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIGNALWIRE_", "DATABASE_", "REDIS_"))}
+    env.update(
+        SIGNALWIRE_SPACE="http://127.0.0.1:9",
+        SIGNALWIRE_PROJECT_ID="project",
+        SIGNALWIRE_API_TOKEN="token",
+        SIGNALWIRE_SIGNING_KEY="signing-key",
+        PUBLIC_BASE_URL="http://127.0.0.1:9",
+        SERVICE_API_TOKEN="recovery-test-token-0123456789",
+        REDIS_URL=redis_url,
+        DATABASE_URL=url,
+        SWEEP_INTERVAL="0",
+        LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def queue(worker_env, redis_conn):
+    return queue_for(load_settings(worker_env), redis_conn)
+
+
+class Workers:
+    def __init__(self, env, log_dir):
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        log = open(self.log_dir / f"worker{len(self.procs)}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", "workers"], cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> list[int | None]:
+        codes = []
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                codes.append(proc.wait(30))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                codes.append(proc.wait())
+        return codes
+
+
+@pytest.fixture
+def workers(worker_env, tmp_path):
+    w = Workers(worker_env, tmp_path)
+    yield w
+    w.stop_all()
+
+
+def runs(redis_conn, job_id) -> int:
+    return int(redis_conn.get(f"test:runs:{job_id}") or 0)
+
+
+def test_a_job_whose_worker_was_killed_runs_again_within_seconds(queue, workers, redis_conn, tmp_path):
+    first = workers.start()
+    job = queue.enqueue("tests.jobs_for_tests.slow_then_quick", 120)
+    wait_for(lambda: runs(redis_conn, job.id) == 1, 20, what="the job to start on the first worker")
+    # The first worker's own recovery pass leaves its running job alone.
+    time.sleep(recovery.DEFAULT_ALIVE_TTL + 2)
+    assert runs(redis_conn, job.id) == 1 and job.get_status(refresh=True) == JobStatus.STARTED
+
+    os.killpg(first.pid, signal.SIGKILL)  # worker and scheduler, mid-job
+    first.wait()
+    killed_at = time.monotonic()
+    second = workers.start()
+    wait_for(lambda: redis_conn.get(f"test:done:{job.id}"), 25, interval=0.2, what="the job to run again")
+    took = time.monotonic() - killed_at
+    print(f"recovered and completed {took:.1f} s after the SIGKILL")
+    assert took < 20
+    assert runs(redis_conn, job.id) == 2
+    wait_for(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 5, what="the job to finish")
+    assert Job.fetch(job.id, connection=redis_conn, serializer=queue.serializer).meta["recoveries"] == 1
+    assert queue.started_job_registry.get_job_ids(cleanup=False) == []
+
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(30) == 0  # warm shutdown, scheduler and housekeeping included
+    assert not redis_conn.exists(recovery.ALIVE_KEY.format(_only_worker_name(tmp_path)))
+
+
+def _only_worker_name(tmp_path) -> str:
+    text = (tmp_path / "worker1.log").read_text(errors="replace")
+    marker = "worker "
+    line = next(line for line in text.splitlines() if "listening on queue" in line)
+    return line.split(marker, 1)[1].split()[0]
+
+
+def test_an_idle_worker_exits_0_on_sigterm_within_seconds(workers, redis_conn):
+    proc = workers.start()
+    wait_for(lambda: BaseWorker.all(connection=redis_conn), 20, what="the worker to register")
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(30) == 0
+    assert time.monotonic() - started < 10
+
+
+def test_a_job_stuck_in_the_intermediate_queue_is_put_back(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    # What a worker does on dequeue (LMOVE to the intermediate queue) before Redis dropped.
+    assert redis_conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
+    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # first seen now
+    time.sleep(0.3)
+    report = recovery.recover(queue, intermediate_grace=0.2)
+    assert report.unstuck == [job.id]
+    assert queue.intermediate_queue.get_job_ids() == [] and queue.get_job_ids() == [job.id]
+    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # once only
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED and runs(redis_conn, job.id) == 1
+
+
+def test_a_live_workers_job_is_left_alone_and_a_dead_ones_taken(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.register_birth()
+    dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
+    execution = worker.prepare_execution(dequeued)
+    worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
+    recovery.beat(redis_conn, worker.name, alive_ttl=5)
+    assert not recovery.recover(queue)  # alive: nothing to do
+    assert queue.started_job_registry.get_job_ids(cleanup=False) == [job.id]
+
+    redis_conn.delete(recovery.ALIVE_KEY.format(worker.name))  # the beat stopped: dead
+    assert recovery.recover(queue).requeued == [job.id]
+    assert not redis_conn.exists(execution.key)
+    assert queue.get_job_ids() == [job.id] and job.get_status(refresh=True) == JobStatus.QUEUED
+    worker.register_death()
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    for attempt in range(recovery.MAX_RECOVERIES + 1):
+        worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
+        worker.register_birth()
+        dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
+        worker.prepare_execution(dequeued)
+        worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
+        redis_conn.delete(worker.key)  # gone without a trace
+        report = recovery.recover(queue)
+        if attempt < recovery.MAX_RECOVERIES:
+            assert report.requeued == [job.id]
+    assert report.failed == [job.id]
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert job.id in queue.failed_job_registry.get_job_ids()
