@@ -38,5 +38,137 @@ def migrate() -> None:
     click.echo("database is up to date")
 
 
+def _services(settings):
+    from service.services import Services
+
+    return Services(settings)
+
+
+@main.command("sweep")
+@click.option("--list-hours", type=click.IntRange(min=0), default=None,
+              help="Also list the account's recordings of the last N hours (default SWEEP_LIST_HOURS).")
+@click.option("--older-than", "older_than", type=click.IntRange(min=0), default=None,
+              help="Fetch recordings unfinished for at least this many seconds (default SWEEP_AFTER).")
+def sweep_command(list_hours: int | None, older_than: int | None) -> None:
+    """Run one reconciliation sweep now and print its report."""
+    from service.sweep import sweep
+
+    settings = _settings()
+    services = _services(settings)
+    try:
+        report = sweep(
+            services.store,
+            services.signalwire,
+            services.redis,
+            older_than_seconds=settings.sweep_after if older_than is None else older_than,
+            list_hours=settings.sweep_list_hours if list_hours is None else list_hours,
+        )
+    finally:
+        services.close()
+    click.echo(report.summary())
+    for error in report.errors:
+        click.echo(f"  error: {error}")
+    if report.skipped_locked:
+        sys.exit(3)
+
+
+def _failed_jobs(services):
+    from rq.job import Job
+
+    registry = services.queue.failed_job_registry
+    ids = registry.get_job_ids()
+    jobs = Job.fetch_many(ids, connection=services.redis, serializer=services.queue.serializer)
+    return [job for job in jobs if job is not None]
+
+
+def _describe(job) -> dict:
+    """What an operator needs about one dead letter."""
+    from service.recordings import CallbackEvent
+
+    sid = status = "?"
+    try:
+        payload = job.args[0]
+        if isinstance(payload, dict):
+            event = CallbackEvent.from_payload(payload)
+            sid, status = event.recording_sid, event.status
+        elif isinstance(payload, str):  # refresh_recording(sid)
+            sid, status = payload, "refresh"
+    except Exception:
+        parts = (job.description or "").split()
+        if len(parts) >= 3 and parts[0] == "recording":
+            sid, status = parts[1], parts[2]
+    configured = len(job.retry_intervals or ())
+    attempts = max(configured - (job.retries_left or 0), 0) + 1
+    result = job.latest_result()
+    exc = (result.exc_string if result is not None else None) or ""
+    lines = [line.strip() for line in exc.strip().splitlines() if line.strip()]
+    failed_at = job.ended_at or (result.created_at if result is not None else None)
+    return {
+        "id": job.id,
+        "recording_sid": sid,
+        "status": status,
+        "attempts": attempts,
+        "recoveries": int((job.meta or {}).get("recoveries", 0)),
+        "error": lines[-1] if lines else "",
+        "failed_at": failed_at.isoformat() if failed_at else "",
+    }
+
+
+@main.command()
+def failed() -> None:
+    """List permanently failed jobs (retries exhausted): the dead letters."""
+    settings = _settings()
+    services = _services(settings)
+    try:
+        rows = [_describe(job) for job in _failed_jobs(services)]
+    finally:
+        services.close()
+    if not rows:
+        click.echo("no failed jobs")
+        return
+    for row in rows:
+        extra = f" recoveries={row['recoveries']}" if row["recoveries"] else ""
+        click.echo(
+            f"{row['id']}  recording={row['recording_sid']} status={row['status']} attempts={row['attempts']}"
+            f"{extra} failed_at={row['failed_at']}\n    error: {row['error']}"
+        )
+    click.echo(f"{len(rows)} failed job(s); `replay JOB_ID` or `replay --all` runs them again")
+
+
+@main.command()
+@click.argument("job_ids", nargs=-1)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every failed job.")
+def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
+    """Requeue failed jobs (RQ's requeue; the callback dedupe does not apply), with fresh retries."""
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import Job
+
+    if bool(job_ids) == replay_all:
+        raise click.UsageError("give JOB_ID(s) or --all")
+    settings = _settings()
+    services = _services(settings)
+    registry = services.queue.failed_job_registry
+    problems = 0
+    try:
+        ids = registry.get_job_ids() if replay_all else list(job_ids)
+        for job_id in ids:
+            try:
+                job = Job.fetch(job_id, connection=services.redis, serializer=services.queue.serializer)
+                if job.retry_intervals:
+                    job.retries_left = len(job.retry_intervals)  # a replay gets the full retry policy again
+                job.meta.pop("recoveries", None)
+                registry.requeue(job)
+            except (NoSuchJobError, InvalidJobOperation):
+                click.echo(f"{job_id}: not a failed job", err=True)
+                problems += 1
+                continue
+            click.echo(f"{job_id}: requeued")
+    finally:
+        services.close()
+    click.echo(f"replayed {len(ids) - problems} job(s)")
+    if problems:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,104 @@
+"""Operator commands through click's CliRunner, on a real Redis, store and the sandbox."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from click.testing import CliRunner
+from rq import Retry, SimpleWorker
+
+from service.cli import main
+from service.config import load_settings
+from service.ingest import FAILURE_TTL, JOB_FUNC
+from service.recordings import CallbackEvent
+from service.services import queue_for
+
+DEAD_CALLBACK = "http://127.0.0.1:9/x"
+
+
+@pytest.fixture
+def cli_env(env, store, monkeypatch):
+    # The worker in these tests runs jobs in-process; they read the same settings.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SWEEP_AFTER", "600")
+    from workers import jobs
+
+    jobs.services.cache_clear()
+    yield env
+    jobs.services().close()
+    jobs.services.cache_clear()
+
+
+def run(*args, expect: int = 0) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == expect, result.output
+    return result.output
+
+
+def completed_recording(sandbox, sw_client):
+    recording = sw_client.create_recording(str(uuid.uuid4()), status_callback=DEAD_CALLBACK)
+    sandbox.end_call(recording.call_sid)
+    return recording
+
+
+def completed_event(recording) -> CallbackEvent:
+    return CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid, status="completed",
+                         call_sid=recording.call_sid)
+
+
+def test_sweep_prints_its_report(cli_env, store, sandbox, sw_client):
+    recording = completed_recording(sandbox, sw_client)
+    store.record_event(CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid,
+                                     status="in-progress", call_sid=recording.call_sid,
+                                     received_at=datetime.now(timezone.utc) - timedelta(hours=1)))
+    unknown = sandbox.record_verb(str(uuid.uuid4()), DEAD_CALLBACK)
+    sandbox.end_call(sandbox.recordings[unknown]["call_sid"])
+
+    out = run("sweep")
+    assert "sweep: checked=1 stored=1 failed=0 listed=0" in out
+    assert store.get(recording.sid)["status"] == "completed"
+
+    out = run("sweep", "--list-hours", "1", "--older-than", "0")
+    assert "checked=0 stored=1 failed=0 listed=2" in out
+    assert store.get(unknown)["status"] == "completed"
+
+
+def test_failed_lists_dead_letters_and_replay_runs_them_again(cli_env, store, sandbox, sw_client, redis_conn):
+    queue = queue_for(load_settings(cli_env), redis_conn)
+    recording = completed_recording(sandbox, sw_client)
+    sandbox.metadata_lag = 3600  # every fetch is a 404 for now
+    event = completed_event(recording)
+    job = queue.enqueue(JOB_FUNC, event.to_payload(), retry=Retry(max=1), failure_ttl=FAILURE_TTL,
+                        description=f"recording {recording.sid} completed")
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert job.id in queue.failed_job_registry.get_job_ids()
+
+    out = run("failed")
+    assert job.id in out and f"recording={recording.sid} status=completed attempts=2" in out
+    assert "SignalWireError" in out and "404" in out
+    assert "1 failed job(s)" in out
+    assert store.get(recording.sid)["attempts"] == 2 and "404" in store.get(recording.sid)["last_error"]
+
+    sandbox.metadata_lag = 0
+    assert f"{job.id}: requeued" in run("replay", job.id)
+    assert queue.failed_job_registry.get_job_ids() == []
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed" and stored["last_error"] is None and stored["last_fetched_at"]
+    assert run("failed").strip() == "no failed jobs"
+
+
+def test_replay_all_and_usage_errors(cli_env, sandbox, sw_client, redis_conn):
+    queue = queue_for(load_settings(cli_env), redis_conn)
+    sandbox.metadata_lag = 3600
+    jobs = [queue.enqueue(JOB_FUNC, completed_event(completed_recording(sandbox, sw_client)).to_payload())
+            for _ in range(2)]
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert sorted(queue.failed_job_registry.get_job_ids()) == sorted(j.id for j in jobs)
+    run("replay", expect=2)  # neither ids nor --all
+    assert "not a failed job" in run("replay", "no-such-job", expect=1)
+    out = run("replay", "--all")
+    assert "replayed 2 job(s)" in out and queue.count == 2
