@@ -100,7 +100,7 @@ def service_env(redis_url: str, database_url: str, sandbox_url: str, port: int, 
         SERVICE_API_TOKEN=SERVICE_TOKEN,
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL="INFO",  # the production default
         PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     env.update({k: str(v) for k, v in extra.items()})

@@ -1,0 +1,5 @@
+"""Jobs for the worker benchmark."""
+
+
+def noop(payload=None) -> str:
+    return "ok"
