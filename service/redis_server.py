@@ -40,8 +40,10 @@ def free_port() -> int:
 class EmbeddedRedis:
     """`with EmbeddedRedis() as server: server.url` — a throwaway Redis on 127.0.0.1."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, *, persist: bool = False):
         self.port = port or free_port()
+        # persist: an append-only file survives restart(), as a managed Redis would.
+        self.persist = persist
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="embedded-redis-")
         self._proc: subprocess.Popen | None = None
@@ -53,7 +55,8 @@ class EmbeddedRedis:
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.persist else "no",
+                "--appendfsync", "always",
                 "--dir", self._dir,
                 "--protected-mode", "yes",
             ],
@@ -73,7 +76,8 @@ class EmbeddedRedis:
         client.close()
         return self
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server process, keeping its data directory (see restart)."""
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -81,6 +85,13 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+
+    def restart(self) -> "EmbeddedRedis":
+        self.halt()
+        return self.start()
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "EmbeddedRedis":
