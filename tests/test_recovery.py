@@ -181,3 +181,33 @@ def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_
     assert report.failed == [job.id]
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert job.id in queue.failed_job_registry.get_job_ids()
+
+
+def test_worker_housekeeping_drains_the_inbox_and_sweeps(worker_env, workers, sandbox, sandbox_credentials):
+    from service.recordings import CallbackEvent
+
+    worker_env.update(
+        SIGNALWIRE_SPACE=sandbox.base_url,
+        SIGNALWIRE_PROJECT_ID=sandbox_credentials.project_id,
+        SIGNALWIRE_API_TOKEN=sandbox_credentials.api_token,
+        SWEEP_INTERVAL="2",
+        SWEEP_AFTER="0",
+        SWEEP_LIST_HOURS="1",
+    )
+    store = Store(worker_env["DATABASE_URL"])
+    try:
+        call_sid = "call-" + os.urandom(4).hex()
+        never_told = sandbox.record_verb(call_sid, "http://127.0.0.1:9/x", events=("completed",))
+        sandbox.end_call(call_sid)
+        # A callback the web kept in the database while Redis was down.
+        store.inbox_put(CallbackEvent(recording_sid="inbox-rec", account_sid=sandbox_credentials.project_id,
+                                      status="in-progress", call_sid="call-inbox").to_payload())
+        workers.start()
+        wait_for(lambda: store.get("inbox-rec"), 20, what="the inbox callback to be processed")
+        assert store.inbox_take() == []
+        stored = wait_for(lambda: (store.get(never_told) or {}).get("status") == "completed" and store.get(never_told),
+                          30, what="the sweep to store the recording nobody told us about")
+        assert stored["source"] == "RecordVerb"
+    finally:
+        store.dispose()
+    assert workers.stop_all() == [0]

@@ -51,7 +51,7 @@ class _Periodic(threading.Thread):
                 self.task()
             except Exception as exc:  # never let a chore kill the worker
                 log.warning("housekeeping %s failed: %s: %s", self.name, type(exc).__name__, exc,
-                            exc_info=not isinstance(exc, redis.ConnectionError))
+                            exc_info=not isinstance(exc, redis.RedisError))
             self.runs += 1
             if self.stop_event.wait(self.interval):
                 return
@@ -65,6 +65,7 @@ class Housekeeping:
         self.services = services or Services(settings)
         self._stop = threading.Event()
         self.threads: list[_Periodic] = []
+        self._ingest: Ingest | None = None
 
     # --- the chores ------------------------------------------------------------------------
 
@@ -72,8 +73,9 @@ class Housekeeping:
         recovery.beat(self.services.redis, self.worker_name, self.settings.worker_alive_ttl)
 
     def drain_inbox(self) -> int:
-        s = self.services
-        moved = Ingest(s.queue, s.store, self.settings.dedupe_ttl).drain_inbox()
+        if self._ingest is None:
+            self._ingest = Ingest(self.services.queue, self.services.store, self.settings.dedupe_ttl)
+        moved = self._ingest.drain_inbox()
         if moved:
             log.info("moved %d callbacks from the database inbox into the queue", moved)
         return moved
