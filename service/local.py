@@ -18,7 +18,7 @@ from contextlib import ExitStack
 
 import requests
 
-from service.config import default_database_url
+from service.config import INSTANCE_DIR, default_database_url
 from service.redis_server import EmbeddedRedis, free_port
 from service.stack import Stack
 
@@ -63,10 +63,15 @@ def demo(base_url: str, token: str, timeout: float = 30.0) -> dict:
     response.raise_for_status()
     location = response.headers["Location"]
     deadline = time.monotonic() + timeout
+    seen: set[str] = set()
     while time.monotonic() < deadline:
         stored = requests.get(base_url + location, headers=auth, timeout=5).json()
+        for event in stored.get("events", []):
+            if event["status"] not in seen:
+                seen.add(event["status"])
+                print(f"  callback received and processed: {event['status']}")
         if stored.get("status") == "completed" and stored.get("last_fetched_at"):
-            print(f"GET {location} ->")
+            print(f"  metadata fetched and stored\nGET {location} ->")
             print(json.dumps(stored, indent=2))
             return stored
         time.sleep(0.2)
@@ -78,12 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 0)) or None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--exit-after-demo", action="store_true", help="stop once the demo recording is stored")
+    parser.add_argument("--verbose", action="store_true", help="show the processes' logs here, not in instance/")
     args = parser.parse_args(argv)
     port = args.port or free_port()
     with ExitStack() as resources:
         env = embedded_env(resources, port)
         migrate(env)
-        stack = resources.enter_context(Stack(env, port=port, workers=args.workers))
+        log_path = None
+        if not args.verbose:
+            INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+            log_path = str(INSTANCE_DIR / "local.log")
+        stack = resources.enter_context(Stack(env, port=port, workers=args.workers, log_path=log_path))
+        if log_path:
+            print(f"* Logs of the web and worker processes: {log_path}")
         print(f"* Web: {stack.base_url} (API token: set SERVICE_API_TOKEN to choose it; else a random one)")
         demo(stack.base_url, env["SERVICE_API_TOKEN"])
         if args.exit_after_demo:
