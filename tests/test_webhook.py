@@ -192,3 +192,35 @@ def test_inbox_drains_into_the_queue_once(app, store, project_id, queue):
     assert ingest.drain_inbox() == 2
     assert store.inbox_take(10) == []
     assert queue.count == 1
+
+
+def test_unsigned_callbacks_only_with_explicit_opt_out_and_a_loud_warning(env, store, project_id, caplog):
+    unsigned = {k: v for k, v in env.items() if k != "SIGNALWIRE_SIGNING_KEY"}
+    settings = load_settings(dict(unsigned, ALLOW_UNSIGNED_WEBHOOKS="true"))
+    with caplog.at_level("WARNING"):
+        app = create_app(settings)
+    try:
+        assert any("NOT verified" in r.getMessage() for r in caplog.records)
+        response = app.test_client().post(PATH, data=callback_params(project_id))
+        assert response.status_code == 204
+    finally:
+        app.extensions["services"].close()
+
+
+def test_readiness_names_the_dependency_that_is_down(env, store):
+    app = create_app(load_settings(dict(env, REDIS_URL="redis://127.0.0.1:1/0")))
+    try:
+        response = app.test_client().get("/readyz")
+        assert response.status_code == 503
+        body = response.get_json()
+        assert body["error"]["message"] == "not ready: redis" and body["checks"]["database"] == "ok"
+    finally:
+        app.extensions["services"].close()
+
+
+def test_rediss_urls_accept_herokus_self_signed_certificate():
+    from service.services import redis_connection
+
+    pool = redis_connection("rediss://:pw@redis.example.com:6380").connection_pool
+    assert pool.connection_class.__name__ == "SSLConnection"
+    assert pool.connection_kwargs["ssl_cert_reqs"] is None  # no certificate verification
