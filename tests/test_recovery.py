@@ -211,3 +211,11 @@ def test_worker_housekeeping_drains_the_inbox_and_sweeps(worker_env, workers, sa
     finally:
         store.dispose()
     assert workers.stop_all() == [0]
+
+
+def test_a_sigterm_during_start_up_still_exits_0(workers, redis_conn):
+    proc = workers.start()
+    wait_for(lambda: redis_conn.keys(recovery.MANAGED_KEY.format("*")), 20, interval=0.02,
+             what="the worker's first beat")
+    os.killpg(proc.pid, signal.SIGTERM)  # most likely before RQ's own handlers are installed
+    assert proc.wait(30) == 0

@@ -17,6 +17,7 @@ recovered by another worker within seconds (workers.recovery).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from rq import SimpleWorker
@@ -49,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     queue = queue_for(settings, connection)
     worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer, worker_ttl=WORKER_TTL,
                           maintenance_interval=MAINTENANCE_INTERVAL)
+
+    def stop_during_startup(signum, frame):
+        # RQ installs its own handlers only after registering and starting the scheduler; a
+        # SIGTERM before that would kill the process with no clean exit. The work loop checks
+        # this flag before its first dequeue.
+        log.info("worker %s: stop requested during start-up", worker.name)
+        worker._stop_requested = True
+
+    signal.signal(signal.SIGTERM, stop_during_startup)
+    signal.signal(signal.SIGINT, stop_during_startup)
     housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
     try:
