@@ -64,12 +64,17 @@ def fill(engine: sa.Engine, kind: str, rows: int) -> float:
         ev_ip = "'{\"RecordingStatus\": \"in-progress\"}'"
         ev_final = "json_object('RecordingStatus', status)"
         later = "printf('%s.000000', datetime(created_at, '+31 seconds'))"
+    statements = [
+        f"INSERT INTO recordings ({COLUMNS}) {select}",
+        f"INSERT INTO recording_events (recording_sid, status, params, received_at) "
+        f"SELECT sid, 'in-progress', {ev_ip}, created_at FROM recordings",
+        f"INSERT INTO recording_events (recording_sid, status, params, received_at) "
+        f"SELECT sid, status, {ev_final}, {later} FROM recordings WHERE status <> 'in-progress'",
+    ]
     with engine.begin() as conn:
-        conn.exec_driver_sql(f"INSERT INTO recordings ({COLUMNS}) {select}")
-        conn.exec_driver_sql(f"INSERT INTO recording_events (recording_sid, status, params, received_at) "
-                             f"SELECT sid, 'in-progress', {ev_ip}, created_at FROM recordings")
-        conn.exec_driver_sql(f"INSERT INTO recording_events (recording_sid, status, params, received_at) "
-                             f"SELECT sid, status, {ev_final}, {later} FROM recordings WHERE status <> 'in-progress'")
+        for sql in statements:
+            # psycopg reads '%' as a placeholder even without parameters.
+            conn.exec_driver_sql(sql.replace("%", "%%") if kind == "postgresql" else sql)
     with engine.connect() as conn:
         if kind == "postgresql":
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
