@@ -14,7 +14,6 @@ from typing import Literal
 
 import redis
 from rq import Queue, Retry
-from rq.job import Job
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
 
 from service.recordings import CallbackEvent

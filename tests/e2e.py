@@ -14,7 +14,6 @@ import pytest
 import requests
 
 from service.recordings import Recording, is_terminal
-from service.redis_server import free_port
 from service.stack import Stack
 from service.store import Store
 from tests.fixtures.database import with_search_path

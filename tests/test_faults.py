@@ -21,7 +21,6 @@ from service.sandbox import Sandbox
 from service.store import Store
 from tests.e2e import database, stack_env, start_stack, wait_for
 from tests.faults import TcpProxy, callback_forms, report, scaled, send_callbacks
-from tests.fixtures.database import with_search_path
 from tests.fixtures.sandbox import SandboxCredentials
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
@@ -140,7 +139,6 @@ def test_redis_stopped_for_20_seconds_mid_stream(tmp_path, postgres_server):
         forms = callback_forms(f.credentials.project_id, sandbox_recordings(f.sandbox, n), f.sandbox.base_url,
                                ("completed",))
         answers: dict[int, int] = {}
-        accepted: list[str] = []
 
         def stream():
             # A paced stream, so the outage falls in the middle of it.

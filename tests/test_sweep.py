@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 
 from service.recordings import CallbackEvent, Recording
 from service.sweep import LOCK_KEY, sweep
-from tests.test_store import event as store_event, full_recording
 
 DEAD_CALLBACK = "http://127.0.0.1:9/x"
 OLD = datetime.now(timezone.utc) - timedelta(hours=2)
@@ -26,24 +25,6 @@ def seen_in_progress(store, recording: Recording, when: datetime = OLD) -> None:
     """The store heard `in-progress` long ago; the terminal callback never came."""
     store.record_event(CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid,
                                      status="in-progress", call_sid=recording.call_sid, received_at=when))
-
-
-def test_unfinished_is_every_non_terminal_recording_seen_before_the_threshold(store):
-    now = datetime.now(timezone.utc)
-    old = now - timedelta(days=1)
-    threshold = now + timedelta(hours=1)
-    store.record_event(store_event("a-live", "in-progress", received_at=old))
-    store.record_event(store_event("b-done", "completed", received_at=old))
-    store.record_event(store_event("c-too-new", "in-progress", received_at=now + timedelta(hours=2)))
-    store.save_metadata(full_recording(sid="e-no-status", status=None))
-    # Terminal from a metadata fetch is final, even without a terminal callback.
-    store.save_started(full_recording(sid="f-ours-no-callback", status="completed"), {})
-    store.save_started(full_recording(sid="h-ours-live", status="stopped"), {})
-    found = store.unfinished(older_than=threshold)
-    assert set(found) == {"a-live", "e-no-status", "h-ours-live"}
-    assert found[0] == "a-live"  # oldest first
-    assert store.unfinished(older_than=threshold, limit=2) == found[:2]
-    assert store.unfinished(older_than=old - timedelta(days=1)) == []
 
 
 def test_sweep_fetches_and_stores_unfinished_recordings(store, sandbox, sw_client, redis_conn):

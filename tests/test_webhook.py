@@ -6,7 +6,6 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
-from rq import Queue
 
 from service import create_app
 from service.config import load_settings

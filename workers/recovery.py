@@ -1,6 +1,6 @@
 """Crash recovery for RQ jobs whose worker died, in seconds rather than RQ's minutes.
 
-Why RQ alone is slow here (RQ 3.0, see /work/shared/rq-notes.md): a SimpleWorker sends no
+Why RQ alone is slow here (RQ 3.0 as installed): a SimpleWorker sends no
 heartbeat while a job runs; before the job it sets its worker key, the execution and the
 StartedJobRegistry entry to expire after the job timeout + 60 s (180 s for our 120 s jobs),
 and registry cleanup runs only every `maintenance_interval`. RQ's `worker_ttl` only shortens
