@@ -14,9 +14,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--only", default="ingest,worker,e2e,store,memory", help="comma list of benchmarks to run")
     p.add_argument("--quick", action="store_true", help="smaller everything (a smoke run, ~2 minutes)")
-    p.add_argument("--rows", type=int, default=None, help="store benchmark rows (default 1,000,000; --quick 50,000)")
+    p.add_argument("--rows", type=int, default=None, help="store benchmark rows (default 500,000 to stay within 10 minutes; --quick 50,000)")
     p.add_argument("--callbacks", type=int, default=None, help="memory benchmark callbacks (default 10,000 here)")
-    p.add_argument("--e2e-workers", type=int, default=2, help="RQ worker processes for the e2e run")
+    p.add_argument("--e2e-workers", type=int, default=4, help="RQ worker processes for the e2e run")
     a = p.parse_args(argv)
     only = set(a.only.split(","))
     quick = a.quick
@@ -31,7 +31,7 @@ def main(argv=None) -> None:
         everything["ingest"] = r
         sections.append(ingest.table(r))
     if "worker" in only:
-        r = [worker.run(k, 150 if quick else 400, 1 if quick else 3) for k in dbs]
+        r = [worker.run(k, 100 if quick else 240, 1 if quick else 3) for k in dbs]
         everything["worker"] = r
         sections.append(worker.table(r))
     if "e2e" in only:
@@ -39,12 +39,12 @@ def main(argv=None) -> None:
         everything["e2e"] = r
         sections.append(e2e.table(r))
     if "store" in only:
-        rows = a.rows or (50_000 if quick else 1_000_000)
+        rows = a.rows or (50_000 if quick else 500_000)  # 1,000,000: python -m bench.store_scale
         r = [store_scale.run(k, rows, 100 if quick else 200, 1 if quick else 3) for k in dbs]
         everything["store"] = r
         sections.append(store_scale.table(r))
     if "memory" in only:
-        r = memory.run(a.callbacks or (2_000 if quick else 10_000), "sqlite", 2, time_limit=300)
+        r = memory.run(a.callbacks or (2_000 if quick else 8_000), "sqlite", 2, time_limit=240)
         everything["memory"] = r
         sections.append(memory.table(r))
     path = save_json("all", everything)

@@ -13,6 +13,7 @@ The memory benchmark (bench.memory) drives the same stack with a bounded backlog
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ import requests
 import sqlalchemy as sa
 
 from bench.common import (
-    CALLBACK_PATH, EmbeddedRedis, SandboxProcess, callback_params, children, database, fmt, free_port, log, pct,
+    CALLBACK_PATH, EmbeddedRedis, cpu_seconds, SandboxProcess, callback_params, children, database, fmt, free_port, log, pct,
     postgres_available, rss_kb, save_json, service_env, signed_body, workdir,
 )
 from service.stack import Stack
@@ -89,6 +90,16 @@ class Harness:
         with self.store.engine.connect() as conn:
             return {sid: at.timestamp() for sid, at in conn.execute(q)}
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far per process group, to see who uses the two cores."""
+        return {
+            "web (gunicorn workers)": sum(cpu_seconds(p) for p in self.web_pids()),
+            **{f"rq worker {i + 1}": cpu_seconds(p) for i, p in enumerate(self.worker_pids())},
+            "sandbox": cpu_seconds(self.sandbox.pid()),
+            "redis": cpu_seconds(self.redis_server._proc.pid),
+            "bench (sender + poller)": sum(os.times()[:2]),
+        }
+
     def web_pids(self) -> list[int]:
         return children(self.stack.procs[0].popen.pid)
 
@@ -114,6 +125,7 @@ def paced(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, work
         th = threading.Thread(target=sampler, daemon=True)
         log(f"e2e {db_kind}: {rate}/s for {duration} s, {workers} worker(s)")
         th.start()
+        cpu0 = h.cpu()
         start = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             for i in range(total):
@@ -131,6 +143,8 @@ def paced(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, work
             time.sleep(0.2)
         stop.set()
         th.join(5)
+        cpu1 = h.cpu()
+        cpu_ms = {k: round(1000 * (cpu1[k] - cpu0.get(k, 0)) / total, 2) for k in cpu1}
         lat = [(stored[s] - t) * 1000 for s, t in sent.items() if s in stored]
         n = len(depth)
         first = [d for _, d, _ in depth[: max(1, n // 4)]]
@@ -143,10 +157,11 @@ def paced(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, work
             "queue_depth_max": max((d for _, d, _ in depth), default=0),
             "queue_depth_first_quarter_mean": sum(first) / len(first) if first else 0,
             "queue_depth_last_quarter_mean": sum(last) / len(last) if last else 0,
+            "cpu_ms_per_callback": cpu_ms,
             "queue_depth_series": depth,
         }
         log(f"e2e {db_kind}: p50 {fmt(res['p50_ms'])} ms p99 {fmt(res['p99_ms'])} ms, max depth "
-            f"{res['queue_depth_max']}, missing {res['missing']}, codes {res['status_codes']}")
+            f"{res['queue_depth_max']}, missing {res['missing']}, codes {res['status_codes']}; CPU ms/callback {cpu_ms}")
         return res
 
 
@@ -159,7 +174,9 @@ def table(results: list[dict]) -> str:
                     f"{fmt(r['p50_ms'])} | {fmt(r['p90_ms'])} | {fmt(r['p99_ms'])} | {fmt(r['max_ms'])} | "
                     f"{r['queue_depth_max']} ({r['queue_depth_first_quarter_mean']:.1f}/{r['queue_depth_last_quarter_mean']:.1f}) | "
                     f"{'met' if ok else 'MISSED'} |")
-    return "### End to end (callback sent -> metadata stored)\n\n" + "\n".join(rows)
+    notes = [f"- {r['db']}, {r['workers']} worker(s): CPU ms per callback: "
+             + ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_callback"].items()) for r in results]
+    return "### End to end (callback sent -> metadata stored)\n\n" + "\n".join(rows) + "\n\n" + "\n".join(notes)
 
 
 def main(argv=None) -> None:
