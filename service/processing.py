@@ -16,18 +16,25 @@ log = logging.getLogger(__name__)
 
 
 def handle_callback(store, client: SignalWireClient, event: CallbackEvent) -> str:
-    store.record_event(event)
     if not needs_metadata(event.status):
+        store.record_event(event)
         return "recorded"
-    return refresh_metadata(store, client, event.recording_sid)
+    try:
+        recording = client.fetch_recording(event.recording_sid)
+    except SignalWireError as exc:
+        # The event still enters the history now. A 404 right after `completed` usually
+        # means the metadata lags: the job's retry policy tries again, a bounded number of times.
+        store.record_event(event)
+        store.note_attempt(event.recording_sid, str(exc))
+        raise
+    store.record_event(event, metadata=recording)  # one transaction for both
+    return recording.status or "stored"
 
 
 def refresh_metadata(store, client: SignalWireClient, sid: str) -> str:
     try:
         recording = client.fetch_recording(sid)
     except SignalWireError as exc:
-        # A 404 right after `completed` usually means the metadata lags: the job's retry
-        # policy tries again later, a bounded number of times.
         store.note_attempt(sid, str(exc))
         raise
     store.save_metadata(recording)

@@ -204,7 +204,9 @@ class CallbackEvent:
 
     def to_payload(self) -> dict[str, Any]:
         """Plain, JSON-safe form used for the queue and the inbox."""
-        out = dataclasses.asdict(self)
+        # A shallow copy: asdict() deep-copies every value, on the webhook's hot path.
+        out = {name: getattr(self, name) for name in _EVENT_FIELD_NAMES}
+        out["params"] = dict(self.params)
         out["start_time"] = format_time(self.start_time)
         out["received_at"] = format_time(self.received_at)
         return out
@@ -215,3 +217,6 @@ class CallbackEvent:
         values["start_time"] = parse_time(values.get("start_time"))
         values["received_at"] = parse_time(values.get("received_at")) or datetime.now(timezone.utc)
         return cls(**values)
+
+
+_EVENT_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(CallbackEvent))

@@ -67,6 +67,8 @@ class Store:
         if backend == "sqlite":
             _sqlite_setup(self.engine)
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._upserts: dict[tuple[str, ...], sa.Insert] = {}
+        self._sql = self._event_statements()
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -101,24 +103,50 @@ class Store:
 
     def save_started(self, recording: Recording, requested: dict) -> None:
         """Our API started this recording: keep what we asked for."""
-        self._upsert(recording, started_by_us=True, requested=requested)
+        with self._write() as conn:
+            self._upsert(conn, recording, started_by_us=True, requested=requested)
 
     def save_metadata(self, recording: Recording) -> None:
         """Metadata fetched from the REST API."""
-        self._upsert(recording, last_fetched_at=_now(), last_error=None)
+        with self._write() as conn:
+            self._upsert(conn, recording, last_fetched_at=_now(), last_error=None)
 
-    def _upsert(self, recording: Recording, **own: Any) -> None:
+    def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> bool:
+        """Store a status callback, and with it the metadata fetched for it, in one transaction.
+
+        True when the callback was new (a repeat changes nothing but the metadata)."""
+        now = _now()
+        fields = {name: getattr(event, name) for name in EVENT_FIELDS}
+        with self._write() as conn:
+            conn.execute(self._sql["insert_seen"], {
+                **fields, "sid": event.recording_sid, "created_at": event.received_at,
+                "first_seen_at": event.received_at, "updated_at": now})
+            inserted = conn.execute(self._sql["insert_event"], {
+                "recording_sid": event.recording_sid, "status": event.status, "params": dict(event.params),
+                "received_at": event.received_at}).first()
+            if inserted is not None:
+                # Conditional, so concurrent workers cannot move the status backwards.
+                values = {**fields, "sid": event.recording_sid, "status": event.status,
+                          "status_rank": status_rank(event.status), "updated_at": now}
+                conn.execute(self._sql["advance"], {f"b_{k}": v for k, v in values.items()})
+            if metadata is not None:
+                self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
+        return inserted is not None
+
+    def _upsert(self, conn: Connection, recording: Recording, **own: Any) -> None:
         now = _now()
         values = {name: getattr(recording, name) for name in METADATA_FIELDS}
-        values.update(
-            own,
-            sid=recording.sid,
-            status_rank=status_rank(recording.status),
-            created_at=recording.date_created or now,
-            first_seen_at=now,
-            updated_at=now,
-        )
-        stmt = self._insert(R).values(**values)
+        values.update(own, sid=recording.sid, status_rank=status_rank(recording.status),
+                      created_at=recording.date_created or now, first_seen_at=now, updated_at=now)
+        conn.execute(self._upsert_statement(tuple(sorted(own))), values)
+
+    def _upsert_statement(self, own: tuple[str, ...]) -> sa.Insert:
+        # Built once per set of extra columns and executed with parameters: building this
+        # statement (a CASE per column) cost a worker more CPU than executing it.
+        if own in self._upserts:
+            return self._upserts[own]
+        columns = (*METADATA_FIELDS, *own, "sid", "status_rank", "created_at", "first_seen_at", "updated_at")
+        stmt = self._insert(R).values({name: sa.bindparam(name, type_=R.c[name].type) for name in columns})
         new = stmt.excluded
         # A snapshot at least as advanced as the stored one wins where it has values; an
         # older one (the API lagging behind a callback) only fills gaps. SET expressions see
@@ -135,41 +163,29 @@ class Store:
         update["created_at"] = sa.func.coalesce(merged("date_created"), R.c.created_at)
         update["updated_at"] = new.updated_at
         update.update({name: new[name] for name in own})
-        with self._write() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=[R.c.sid], set_=update))
+        self._upserts[own] = stmt.on_conflict_do_update(index_elements=[R.c.sid], set_=update)
+        return self._upserts[own]
 
-    def record_event(self, event: CallbackEvent) -> bool:
-        """Store a status callback; True when it was new (a repeat changes nothing)."""
-        now = _now()
-        sid = event.recording_sid
-        rank = status_rank(event.status)
-        fields = {name: getattr(event, name) for name in EVENT_FIELDS}
-        with self._write() as conn:
-            conn.execute(
-                self._insert(R)
-                .values(sid=sid, **fields, created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
-                .on_conflict_do_nothing(index_elements=[R.c.sid])
-            )
-            inserted = conn.execute(
-                self._insert(E)
-                .values(recording_sid=sid, status=event.status, params=dict(event.params), received_at=event.received_at)
-                .on_conflict_do_nothing(index_elements=[E.c.recording_sid, E.c.status])
-                .returning(E.c.id)
-            ).first()
-            if inserted is None:
-                return False  # the transaction that stored it first also applied it
-            # Conditional, so concurrent workers cannot move the status backwards.
-            conn.execute(
-                sa.update(R)
-                .where(R.c.sid == sid, R.c.status_rank <= rank)
-                .values(
-                    status=event.status,
-                    status_rank=rank,
-                    updated_at=now,
-                    **{name: value for name, value in fields.items() if value is not None},
-                )
-            )
-        return True
+    def _event_statements(self) -> dict[str, sa.Executable]:
+        def bind(*names: str) -> dict[str, sa.BindParameter]:
+            return {name: sa.bindparam(name, type_=R.c[name].type) for name in names}
+
+        seen = ("sid", *EVENT_FIELDS, "created_at", "first_seen_at", "updated_at")
+        return {
+            "insert_seen": self._insert(R).values(bind(*seen)).on_conflict_do_nothing(index_elements=[R.c.sid]),
+            "insert_event": self._insert(E)
+            .values({name: sa.bindparam(name, type_=E.c[name].type)
+                     for name in ("recording_sid", "status", "params", "received_at")})
+            .on_conflict_do_nothing(index_elements=[E.c.recording_sid, E.c.status])
+            .returning(E.c.id),
+            # The event's fields fill in what it carries; None keeps what is stored.
+            "advance": sa.update(R)
+            .where(R.c.sid == sa.bindparam("b_sid"), R.c.status_rank <= sa.bindparam("b_status_rank"))
+            .values(status=sa.bindparam("b_status"), status_rank=sa.bindparam("b_status_rank"),
+                    updated_at=sa.bindparam("b_updated_at", type_=R.c.updated_at.type),
+                    **{name: sa.func.coalesce(sa.bindparam(f"b_{name}", type_=R.c[name].type), R.c[name])
+                       for name in EVENT_FIELDS}),
+        }
 
     def note_attempt(self, sid: str, error: str | None) -> None:
         with self._write() as conn:
