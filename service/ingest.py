@@ -11,10 +11,10 @@ import json
 import logging
 import random
 import re
-import zlib
 from typing import Literal
 
 import redis
+import rq
 from rq import Queue, Retry
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
 from rq.utils import now as utcnow, utcformat
@@ -29,11 +29,17 @@ RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600)
 RESULT_TTL = 600
 FAILURE_TTL = 7 * 24 * 3600
 
-# KEYS: dedupe key, job key, queue key, set of queues.
-# ARGV: dedupe ttl, job id, queue key, force (1 = skip dedupe), then the job hash fields.
-# Same steps as RQ's unique enqueue script, plus the dedupe marker, so the webhook pays
-# one round trip and a duplicate can never produce a second job.
+# KEYS: dedupe key, job key, queue key, set of queues, job template.
+# ARGV: dedupe ttl, job id, queue key, force (1 = skip dedupe), data, timestamp, description,
+#       retry intervals.
+# RQ's own unique-enqueue steps plus the dedupe marker, in one round trip: a duplicate can
+# never produce a second job. The fields every job shares come from a template hash that RQ
+# built (see _JobTemplate), so the request carries only what differs. -1: no template yet.
 _ENQUEUE_ONCE = """
+local template = redis.call('HGETALL', KEYS[5])
+if #template == 0 then
+    return -1
+end
 if ARGV[4] ~= '1' then
     if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then
         return 0
@@ -42,7 +48,9 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
     return 0
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('HSET', KEYS[2], unpack(template))
+redis.call('HSET', KEYS[2], 'data', ARGV[5], 'created_at', ARGV[6], 'enqueued_at', ARGV[6],
+           'description', ARGV[7], 'retry_intervals', ARGV[8])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[3])
 return 1
@@ -70,37 +78,35 @@ def retry_policy() -> Retry:
 
 
 class _JobTemplate:
-    """The RQ job hash for a callback, built from a template RQ made once per process.
+    """The fields every callback job shares, as RQ itself writes them, kept in Redis.
 
-    Building a Job per request (create_job, _prepare_for_queue, to_dict) was the largest
-    share of the webhook's CPU. Only the payload, the timestamps, the description and the
-    jittered retry intervals differ between our jobs; every other field is RQ's own.
-    tests/test_ingest.py checks the result against RQ's create_job field by field.
+    Building an RQ Job per request (create_job, _prepare_for_queue, to_dict, zlib) and
+    sending its ~20 fields was most of the webhook's CPU. RQ builds one template job per
+    process instead; only the payload, timestamps, description and jittered retry intervals
+    differ per job. The job data is stored uncompressed JSON, which RQ reads as is.
+    tests/test_ingest.py compares the result with RQ's own create_job, field by field.
     """
 
     VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
 
     def __init__(self, queue: Queue):
         self.serializer = queue.serializer
+        self.key = f"recording-keeper:job-template:{rq.__version__}:{queue.name}"
         job = queue.create_job(JOB_FUNC, args=({},), job_id="template", retry=retry_policy(),
                                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="")
-        queue._prepare_for_queue(job)  # origin, timeout, status, server version
+        queue._prepare_for_queue(job)  # origin, timeout, status
         fields = _build_hset_args(job)
-        static = dict(zip(fields[::2], fields[1::2]))
-        for name in self.VARYING:
-            static.pop(name, None)
-        self.static = [item for pair in static.items() for item in pair]
+        self.static = {k: v for k, v in zip(fields[::2], fields[1::2]) if k not in self.VARYING}
 
-    def fields(self, event: CallbackEvent) -> list:
-        stamp = utcformat(utcnow())
-        data = zlib.compress(self.serializer.dumps((JOB_FUNC, None, [event.to_payload()], {})))
+    def store(self, connection: redis.Redis) -> None:
+        connection.hset(self.key, mapping=self.static)
+
+    def args(self, event: CallbackEvent) -> list:
         return [
-            *self.static,
-            "data", data,
-            "created_at", stamp,
-            "enqueued_at", stamp,
-            "description", f"recording {event.recording_sid} {event.status}",
-            "retry_intervals", json.dumps(jittered_intervals()),
+            self.serializer.dumps((JOB_FUNC, None, [event.to_payload()], {})),
+            utcformat(utcnow()),
+            f"recording {event.recording_sid} {event.status}",
+            json.dumps(jittered_intervals()),
         ]
 
 
@@ -114,13 +120,16 @@ class Ingest:
 
     def enqueue(self, event: CallbackEvent, *, force: bool = False) -> bool:
         """True when a new job was queued, False for a duplicate. Raises redis errors."""
+        template = self._job()
         job_id = job_id_for(event)
-        job_key = self.queue.job_class.key_for(job_id)
-        created = self._script(
-            keys=[f"dedupe:{event.dedupe_key}", job_key, self.queue.key, Queue.redis_queues_keys],
-            args=[self.dedupe_ttl, job_id, self.queue.key, "1" if force else "0", *self._job().fields(event)],
-        )
-        return bool(created)
+        keys = [f"dedupe:{event.dedupe_key}", self.queue.job_class.key_for(job_id), self.queue.key,
+                Queue.redis_queues_keys, template.key]
+        args = [self.dedupe_ttl, job_id, self.queue.key, "1" if force else "0", *template.args(event)]
+        created = self._script(keys=keys, args=args)
+        if created == -1:  # a new or flushed Redis: write the template, then enqueue
+            template.store(self.queue.connection)
+            created = self._script(keys=keys, args=args)
+        return created == 1
 
     def _job(self) -> _JobTemplate:
         # Made on first use: RQ asks the Redis server for its version, and the web process

@@ -32,7 +32,7 @@ def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
     assert set(ours) == set(theirs)
     varying = {"created_at", "enqueued_at", "retry_intervals", "data"}
     assert {k: v for k, v in ours.items() if k not in varying} == {k: v for k, v in theirs.items() if k not in varying}
-    assert json.loads(zlib.decompress(ours["data"])) == json.loads(zlib.decompress(theirs["data"]))
+    assert json.loads(ours["data"]) == json.loads(zlib.decompress(theirs["data"]))  # RQ reads both
     intervals = json.loads(ours["retry_intervals"])
     assert len(intervals) == len(RETRY_INTERVALS)
     assert all(base <= got <= base * 1.5 for base, got in zip(RETRY_INTERVALS, intervals))
@@ -41,6 +41,17 @@ def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
     assert job.func_name == JOB_FUNC and list(job.args) == [event.to_payload()]
     assert job.retries_left == len(RETRY_INTERVALS) and job.get_status() == "queued"
     assert queue.job_ids == [job_id_for(event), "reference"]
+
+
+def test_template_is_rewritten_when_redis_lost_it(redis_conn):
+    queue = queue_for(SETTINGS, redis_conn)
+    ingest = Ingest(queue, store=None, dedupe_ttl=60)
+    assert ingest.enqueue(CallbackEvent(recording_sid="r1", account_sid="a", status="completed"))
+    redis_conn.flushdb()  # a Redis that restarted empty
+    event = CallbackEvent(recording_sid="r2", account_sid="a", status="completed")
+    assert ingest.enqueue(event)
+    job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
+    assert job.func_name == JOB_FUNC and job.origin == queue.name
 
 
 def test_duplicate_and_forced_enqueue(redis_conn):
