@@ -19,6 +19,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__, instance_relative_config=True)
     # The API's bodies are small; callbacks get their own tighter bound.
     app.config.update(SETTINGS=settings, MAX_CONTENT_LENGTH=256 * 1024, JSON_SORT_KEYS=False)
+    # No HTML redirects for '//' in a path: every answer of this API is JSON (found by fuzzing).
+    app.url_map.merge_slashes = False
     register_logging(settings)
     register_services(app, settings)
     register_blueprints(app)

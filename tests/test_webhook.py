@@ -223,3 +223,17 @@ def test_rediss_urls_accept_herokus_self_signed_certificate():
     pool = redis_connection("rediss://:pw@redis.example.com:6380").connection_pool
     assert pool.connection_class.__name__ == "SSLConnection"
     assert pool.connection_kwargs["ssl_cert_reqs"] is None  # no certificate verification
+
+
+def test_json_body_signed_through_body_sha256(client, key, project_id, queue):
+    import hashlib
+    import json
+
+    body = json.dumps(callback_params(project_id)).encode()
+    query = f"bodySHA256={hashlib.sha256(body).hexdigest()}"
+    signature = compute_signature(key, f"{PUBLIC_BASE_URL}{PATH}?{query}")
+    headers = {"X-SignalWire-Signature": signature, "Content-Type": "application/json"}
+    assert client.post(f"{PATH}?{query}", data=body, headers=headers).status_code == 204
+    tampered = body.replace(b"completed", b"absent")
+    assert client.post(f"{PATH}?{query}", data=tampered, headers=headers).status_code == 403
+    assert queue.count == 1

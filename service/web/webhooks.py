@@ -9,6 +9,7 @@ import logging
 
 from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
+from werkzeug.datastructures import MultiDict
 
 from service.ingest import Unavailable
 from service.recordings import CallbackEvent
@@ -36,10 +37,24 @@ def _check_signature() -> None:
     signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
     if not signature:
         raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
+    # The raw body matters only for a JSON body signed through ?bodySHA256= (contract 2.3);
+    # read it before the form parser consumes the stream.
+    raw_body = request.get_data(cache=True) if b"bodySHA256" in request.query_string else None
     params = list(request.form.items(multi=True)) if request.method == "POST" else None
-    raw_body = request.get_data(cache=True) if request.method == "POST" else None
     if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(), params, raw_body):
         raise ApiError(403, "invalid signature")
+
+
+def _parameters() -> MultiDict:
+    """Form fields for a POST, the query for a GET; a JSON object body is accepted too."""
+    if request.method == "GET":
+        return request.args
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "callback body must be a form or a JSON object")
+        return MultiDict({str(k): "" if v is None else str(v) for k, v in body.items()})
+    return request.form
 
 
 @bp.route("/recording-status", methods=["GET", "POST"])
@@ -49,7 +64,7 @@ def recording_status():
     request.max_content_length = settings.max_callback_bytes
     _check_signature()
 
-    source = request.form if request.method == "POST" else request.args
+    source = _parameters()
     try:
         data = callback_schema.load(source)
     except ValidationError as exc:
