@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from bench.common import (
     CALLBACK_PATH, EmbeddedRedis, cpu_seconds, SandboxProcess, callback_params, children, database, fmt, free_port, log, pct,
-    postgres_available, rss_kb, save_json, service_env, signed_body, workdir,
+    postgres_available, save_json, service_env, signed_body, workdir,
 )
 from service.stack import Stack
 from service.store import R, Store

@@ -14,21 +14,13 @@ import pytest
 import requests
 
 from service.signatures import verify_signature
+from tests.fixtures.sandbox import wait_until
 
 FIELDS = {
     "sid", "account_sid", "api_version", "call_sid", "conference_sid", "channel", "channels", "date_created",
     "date_updated", "start_time", "end_time", "duration", "price", "price_unit", "source", "status", "error_code",
     "uri", "subresource_uris", "encryption_details", "trim",
 }
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 @pytest.fixture

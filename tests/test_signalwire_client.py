@@ -11,15 +11,7 @@ import pytest
 import requests
 
 from service.signalwire import SignalWireClient, SignalWireError, space_base_url
-
-
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from tests.fixtures.sandbox import wait_until
 
 
 def test_space_base_url():
