@@ -1,4 +1,4 @@
-"""SignalWire Compatibility REST client for recordings (contract section 3), shared by web and workers.
+"""SignalWire Compatibility REST client for recordings, shared by web and workers.
 
 One pooled `requests.Session`, HTTP Basic (project id, API token), connect/read timeouts, and a
 small retry policy: 429/503 always retryable; 500/502/504 and transport errors only for GET; a
@@ -92,7 +92,7 @@ class SignalWireError(Exception):
 
 
 def _parse_error_body(response: requests.Response) -> tuple[int | None, str, str | None]:
-    """(code, message, more_info) from any of the three shapes of contract 3.8, or plain text."""
+    """(code, message, more_info) from any of SignalWire's three error body shapes, or plain text."""
     try:
         body = response.json()
     except ValueError:
@@ -200,7 +200,7 @@ class SignalWireClient:
         track: str = "both",
         trim: str = "do-not-trim",
     ) -> Recording:
-        # Trim is always sent: its default changed between doc versions (contract 3.2).
+        # Trim is always sent: its default changed between versions of SignalWire's docs.
         form = {
             "RecordingChannels": channels,
             "RecordingStatusCallback": status_callback,

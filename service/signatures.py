@@ -1,4 +1,4 @@
-"""SignalWire compat (cXML/LaML) webhook signatures: "Scheme B" of the contract, section 2.3.
+"""SignalWire compat (cXML/LaML) webhook signatures: the Twilio-compatible scheme SignalWire uses.
 
 signature = base64(HMAC-SHA1(signing_key, url + concat(name + value for params sorted by name)))
 

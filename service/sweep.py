@@ -1,5 +1,5 @@
 """The reconciliation sweep: SignalWire's status callbacks are best-effort (three attempts,
-then dropped; contract section 6), so the REST API is the source of truth for anything the
+then dropped, as SignalWire documents), so the REST API is the source of truth for anything the
 callbacks left unfinished or never told us about.
 
 `sweep()` (no Flask) does two passes, one sweep at a time across all workers (a Redis lock):

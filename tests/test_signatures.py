@@ -1,4 +1,4 @@
-"""Scheme B signatures against the contract's test vectors (CONTRACT.md section 2.6)."""
+"""Scheme B signatures against the published test vectors (twilio-python, SignalWire's SDKs and real SignalWire callbacks)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 It plays SignalWire as a peer (tests and the local demo talk to it over loopback): create,
 fetch, list and media for recordings, the recording lifecycle with signed
-RecordingStatusCallbacks, and fault knobs. Choices where the contract is unsure:
+RecordingStatusCallbacks, and fault knobs. Choices where SignalWire's documentation is silent or inconsistent:
 
 - create returns HTTP 201 (a non-200 2xx keeps clients honest about "any 2xx");
 - a call that is not live gives HTTP 400 with error 21220;
@@ -466,7 +466,7 @@ class Sandbox:
             body = None
         signature = compute_signature(self._signing_key, url, body)
         assert self._http is not None
-        for attempt in range(1, 4):  # SignalWire: three attempts in total (contract section 6)
+        for attempt in range(1, 4):  # SignalWire: three attempts in total (its webhook docs)
             if self._stopping.is_set():
                 return
             status: int | None = None
@@ -603,7 +603,7 @@ class Sandbox:
             if rec is None or lagging:
                 return self._error(404, 20404, "The requested resource was not found")
             return jsonify(rec)
-        # Media needs no auth (contract 3.5) but must belong to this account.
+        # Media needs no auth (SignalWire's retrieve-recording docs) but must belong to this account.
         if rec is None or account_sid != self.project_id or ext not in ("wav", "mp3"):
             return self._error(404, 20404, "The requested resource was not found")
         if ext == "mp3":

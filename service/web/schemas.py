@@ -54,7 +54,7 @@ class _Lenient(fields.Field):
 
 
 class CallbackSchema(Schema):
-    """RecordingStatusCallback parameters (contract section 1). Unknown keys are allowed and
+    """RecordingStatusCallback parameters as SignalWire documents them. Unknown keys are allowed and
     kept in the event's raw params; any RecordingStatus string is accepted."""
 
     class Meta:

@@ -37,7 +37,7 @@ def _check_signature() -> None:
     signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
     if not signature:
         raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
-    # The raw body matters only for a JSON body signed through ?bodySHA256= (contract 2.3);
+    # The raw body matters only for a JSON body signed through ?bodySHA256=;
     # read it before the form parser consumes the stream.
     raw_body = request.get_data(cache=True) if b"bodySHA256" in request.query_string else None
     params = list(request.form.items(multi=True)) if request.method == "POST" else None
