@@ -114,7 +114,7 @@ def test_signalwire_repeated_keys_keep_submission_order():
     assert verify_signature(["test-key"], sig, url, [("To", "a"), ("To", "b")])
     # A signature over the b,a submission order does not validate an a,b submission. (The reverse,
     # b,a submitted against the a,b signature, is accepted: twilio>=7.14 sorts values, and we
-    # accept both rules as the brief requires. Recording callbacks never repeat a key.)
+    # accept both rules, as senders differ. Recording callbacks never repeat a key.)
     assert not verify_signature(["test-key"], _sign("test-key", url + "TobToa"), url, [("To", "a"), ("To", "b")])
 
 
