@@ -91,8 +91,6 @@ def _describe(job) -> dict:
         if isinstance(payload, dict):
             event = CallbackEvent.from_payload(payload)
             sid, status = event.recording_sid, event.status
-        elif isinstance(payload, str):  # refresh_recording(sid)
-            sid, status = payload, "refresh"
     except Exception:
         parts = (job.description or "").split()
         if len(parts) >= 3 and parts[0] == "recording":

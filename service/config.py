@@ -14,8 +14,6 @@ from urllib.parse import urlsplit
 
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", Path.cwd() / "instance"))
 
-SECRET_FIELDS = ("signalwire_api_token", "signalwire_signing_keys", "service_api_token")
-
 
 class ConfigError(Exception):
     def __init__(self, problems: list[str]):

@@ -30,12 +30,3 @@ def handle_callback(store, client: SignalWireClient, event: CallbackEvent) -> st
     store.record_event(event, metadata=recording)  # one transaction for both
     return recording.status or "stored"
 
-
-def refresh_metadata(store, client: SignalWireClient, sid: str) -> str:
-    try:
-        recording = client.fetch_recording(sid)
-    except SignalWireError as exc:
-        store.note_attempt(sid, str(exc))
-        raise
-    store.save_metadata(recording)
-    return recording.status or "stored"

@@ -42,11 +42,6 @@ def is_terminal(status: str | None) -> bool:
     return status in TERMINAL_STATUSES
 
 
-def advances(current: str | None, new: str | None) -> bool:
-    """True when `new` may replace `current` (same rank counts, so metadata can refresh)."""
-    return status_rank(new) >= status_rank(current)
-
-
 def needs_metadata(status: str) -> bool:
     """Live statuses are only recorded; every other status (terminal or unknown) is fetched."""
     return status not in LIVE_STATUSES

@@ -42,7 +42,7 @@ class EmbeddedRedis:
 
     def __init__(self, port: int | None = None, *, persist: bool = False):
         self.port = port or free_port()
-        # persist: an append-only file survives restart(), as a managed Redis would.
+        # persist: an append-only file survives halt() and start(), as a managed Redis would.
         self.persist = persist
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="embedded-redis-")
@@ -77,7 +77,7 @@ class EmbeddedRedis:
         return self
 
     def halt(self) -> None:
-        """Stop the server process, keeping its data directory (see restart)."""
+        """Stop the server process, keeping its data directory: start() brings the data back."""
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -85,10 +85,6 @@ class EmbeddedRedis:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-
-    def restart(self) -> "EmbeddedRedis":
-        self.halt()
-        return self.start()
 
     def stop(self) -> None:
         self.halt()

@@ -7,8 +7,8 @@ from datetime import datetime, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from service.recordings import (CallbackEvent, Recording, advances, is_terminal, needs_metadata, parse_int,
-                                parse_text, parse_time)
+from service.recordings import (CallbackEvent, Recording, is_terminal, needs_metadata, parse_int, parse_text,
+                                parse_time, status_rank)
 
 ANY = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
 
@@ -47,10 +47,9 @@ def test_recording_without_sid_is_rejected():
 
 
 def test_status_order_never_goes_backwards():
-    assert advances(None, "in-progress") and advances("in-progress", "completed")
-    assert not advances("completed", "in-progress") and not advances("absent", "queued")
-    assert advances("completed", "completed")
-    assert not advances("completed", "some-new-status")  # unknown statuses never undo a terminal one
+    assert status_rank(None) < status_rank("in-progress") < status_rank("completed")
+    assert status_rank("completed") == status_rank("absent") > status_rank("queued")
+    assert status_rank("some-new-status") < status_rank("completed")  # unknown never undoes terminal
     assert is_terminal("failed") and not is_terminal("stopped")
     assert not needs_metadata("in-progress") and needs_metadata("completed") and needs_metadata("failed")
 

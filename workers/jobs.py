@@ -8,7 +8,7 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import load_settings
-from service.processing import handle_callback, refresh_metadata
+from service.processing import handle_callback
 from service.recordings import CallbackEvent
 from service.services import Services
 
@@ -38,11 +38,3 @@ def process_callback(payload: dict) -> str:
         _note_database_error(s, event.recording_sid, exc)
         raise
 
-
-def refresh_recording(sid: str) -> str:
-    s = services()
-    try:
-        return refresh_metadata(s.store, s.signalwire, sid)
-    except SQLAlchemyError as exc:
-        _note_database_error(s, sid, exc)
-        raise
