@@ -21,17 +21,16 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 
-def _signed_url() -> str:
+def _signed_url(settings) -> str:
     # Rebuilt from PUBLIC_BASE_URL, not from Host/X-Forwarded-*: this is the URL SignalWire
     # was told to call, and it holds behind Heroku's router. The raw query string is used
     # byte for byte because the signature covers it that way.
-    url = current_app.config["SETTINGS"].public_base_url + request.path
+    url = settings.public_base_url + request.path
     query = request.query_string.decode("latin-1")
     return f"{url}?{query}" if query else url
 
 
-def _check_signature() -> None:
-    settings = current_app.config["SETTINGS"]
+def _check_signature(settings) -> None:
     if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
         return
     signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
@@ -41,7 +40,7 @@ def _check_signature() -> None:
     # read it before the form parser consumes the stream.
     raw_body = request.get_data(cache=True) if b"bodySHA256" in request.query_string else None
     params = list(request.form.items(multi=True)) if request.method == "POST" else None
-    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(), params, raw_body):
+    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(settings), params, raw_body):
         raise ApiError(403, "invalid signature")
 
 
@@ -62,11 +61,12 @@ def recording_status():
     settings = current_app.config["SETTINGS"]
     # Bound the body before anything reads it (werkzeug answers 413 past this).
     request.max_content_length = settings.max_callback_bytes
-    _check_signature()
+    _check_signature(settings)
 
-    source = _parameters()
+    # SignalWire sends each parameter once; of a repeated one the first counts.
+    params = _parameters().to_dict()
     try:
-        data = callback_schema.load(source)
+        data = callback_schema.load(params)
     except ValidationError as exc:
         raise ApiError(400, "invalid callback parameters", fields=exc.messages)
     if data["AccountSid"] != settings.signalwire_project_id:
@@ -85,7 +85,7 @@ def recording_status():
         track=data.get("RecordingTrack"),
         error_code=data.get("ErrorCode"),
         conference_sid=data.get("ConferenceSid"),
-        params=source.to_dict(flat=True),
+        params=params,
     )
     try:
         outcome = current_app.extensions["ingest"].submit(event)
