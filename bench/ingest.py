@@ -28,7 +28,9 @@ from bench.common import (
 # with the Stack's WEB_CONCURRENCY=2; the others override it from the command line.
 CONFIGS = {
     "default": ({"WEB_CONCURRENCY": "2"}, []),
-    "gthread-4x4": ({"WEB_CONCURRENCY": "4"}, []),
+    "gthread-2x4": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "4"}, []),
+    "gthread-2x8": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "8"}, []),
+    "gthread-4x4": ({"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "4"}, []),
     "gthread-2x1": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1"}, []),
     "sync-2": ({"WEB_CONCURRENCY": "2", "GUNICORN_THREADS": "1"}, ["-k", "sync"]),
     "sync-4": ({"WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "1"}, ["-k", "sync"]),

@@ -1,14 +1,20 @@
-"""The webhook's hand-off to RQ: one script for dedupe + enqueue, with a job hash RQ built."""
+"""The webhook's hand-off to RQ: one script for dedupe + enqueue, with a job hash RQ built,
+and the group commit that lets concurrent requests share a round trip."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 import zlib
 from types import SimpleNamespace
 
+import redis
 from rq.job import Job
 
-from service.ingest import FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, Ingest, job_id_for, retry_policy
+from service.ingest import (
+    FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for, retry_policy,
+)
 from service.recordings import CallbackEvent
 from service.services import queue_for
 
@@ -54,7 +60,7 @@ def test_template_is_rewritten_when_redis_lost_it(redis_conn):
     assert job.func_name == JOB_FUNC and job.origin == queue.name
 
 
-def test_duplicate_and_forced_enqueue(redis_conn):
+def test_duplicate_enqueue(redis_conn):
     queue = queue_for(SETTINGS, redis_conn)
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     event = CallbackEvent(recording_sid="r1", account_sid="a", status="in-progress")
@@ -63,3 +69,95 @@ def test_duplicate_and_forced_enqueue(redis_conn):
     redis_conn.delete(f"dedupe:{event.dedupe_key}")
     assert ingest.enqueue(event) is False  # the job itself still exists
     assert queue.count == 1
+
+
+def test_batch_queues_each_event_once_in_order(redis_conn):
+    queue = queue_for(SETTINGS, redis_conn)
+    ingest = Ingest(queue, store=None, dedupe_ttl=60)
+    a, b = (CallbackEvent(recording_sid=sid, account_sid="acct", status="completed") for sid in ("ra", "rb"))
+    assert ingest.enqueue_many([a, b, a]) == [True, True, False]
+    assert ingest.enqueue_many([b]) == [False]
+    assert queue.job_ids == [job_id_for(a), job_id_for(b)]
+    for event in (a, b):
+        job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
+        assert list(job.args) == [event.to_payload()] and job.get_status() == "queued"
+    assert ingest.enqueue_many([]) == []
+
+
+class _Gate:
+    """A send function whose first call blocks until released, so the others queue up."""
+
+    def __init__(self, fail_on=None):
+        self.calls: list[list] = []
+        self.release = threading.Event()
+        self.fail_on = fail_on
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        if len(self.calls) == 1:
+            assert self.release.wait(10)
+        if self.fail_on is not None and self.fail_on in items:
+            raise redis.ConnectionError("connection refused")
+        return [item * 10 for item in items]
+
+
+def _submit_all(group, items):
+    results: dict = {}
+
+    def run(item):
+        try:
+            results[item] = group.submit(item)
+        except Exception as exc:  # recorded per item, asserted by the test
+            results[item] = exc
+
+    threads = [threading.Thread(target=run, args=(item,)) for item in items]
+    threads[0].start()
+    _wait_for(lambda: len(group._waiting) == 1)  # the first one leads and holds the gate
+    for thread in threads[1:]:
+        thread.start()
+    _wait_for(lambda: len(group._waiting) == len(items))
+    return threads, results
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_group_commit_sends_waiting_items_together_and_answers_each():
+    gate = _Gate()
+    group = GroupCommit(gate, limit=64)
+    threads, results = _submit_all(group, list(range(1, 11)))
+    gate.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == {i: i * 10 for i in range(1, 11)}
+    assert gate.calls[0] == [1] and sorted(gate.calls[1]) == list(range(2, 11)) and len(gate.calls) == 2
+    assert not group._waiting
+
+
+def test_group_commit_respects_its_limit():
+    gate = _Gate()
+    group = GroupCommit(gate, limit=3)
+    threads, results = _submit_all(group, list(range(1, 9)))
+    gate.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == {i: i * 10 for i in range(1, 9)}
+    assert [len(c) for c in gate.calls] == [1, 3, 3, 1]
+
+
+def test_group_commit_failure_reaches_every_item_of_that_batch_only():
+    gate = _Gate(fail_on=5)
+    group = GroupCommit(gate, limit=64)
+    threads, results = _submit_all(group, list(range(1, 7)))
+    gate.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert results[1] == 10  # the first batch went through before the failure
+    failed = [results[i] for i in range(2, 7)]
+    assert all(isinstance(exc, redis.ConnectionError) for exc in failed)
+    assert len({id(exc) for exc in failed}) == len(failed)  # each thread raised its own copy
+    assert group.submit(7) == 70  # the next batch is not poisoned
