@@ -1,5 +1,6 @@
-"""Hands verified callbacks to the workers: dedupe and enqueue in one Redis round trip,
-falling back to the database inbox when Redis cannot take them.
+"""Hands verified callbacks to the workers: dedupe and enqueue in one Redis round trip, shared
+by the callbacks a process receives together, falling back to the database inbox when Redis
+cannot take them.
 
 The rule this module keeps: a callback is acknowledged only once a durable copy exists,
 either as an RQ job or as an inbox row.
