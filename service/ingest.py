@@ -188,9 +188,8 @@ class GroupCommit:
     """Group commit for a threaded web worker: callbacks that arrive while one Redis round
     trip is in flight go together in the next one.
 
-    A round trip on loopback costs far more CPU (system calls, waking Redis) than the
-    script it carries, so sharing one is what keeps the webhook near the bare route's
-    throughput. The first waiter leads: it sends every waiting item (up to `limit`) and
+    A round trip costs far more CPU (system calls, waking Redis) than the script it
+    carries, so sharing one is the webhook's largest throughput lever (bench/ingest.py). The first waiter leads: it sends every waiting item (up to `limit`) and
     hands the lead to the next waiter. Alone, a request sends its own at once: no timer,
     no added latency. Each item gets its own result or the batch's exception.
     """
@@ -210,12 +209,12 @@ class GroupCommit:
             if ticket.done:
                 return ticket.outcome()
             batch = list(itertools.islice(self._waiting, self._limit))
-        results: list = [None] * len(batch)
-        error = None
         try:
-            results = self._send([t.item for t in batch])
+            results, error = self._send([t.item for t in batch]), None
+            if len(results) != len(batch):  # never leave a waiter without an answer
+                raise RuntimeError(f"{len(results)} results for {len(batch)} items")
         except BaseException as exc:  # every waiter must hear about it, not just the leader
-            error = exc
+            results, error = [None] * len(batch), exc
         with self._lock:
             for t, result in zip(batch, results):
                 self._waiting.popleft()

@@ -9,6 +9,7 @@ import time
 import zlib
 from types import SimpleNamespace
 
+import pytest
 import redis
 from rq.job import Job
 
@@ -161,3 +162,10 @@ def test_group_commit_failure_reaches_every_item_of_that_batch_only():
     assert all(isinstance(exc, redis.ConnectionError) for exc in failed)
     assert len({id(exc) for exc in failed}) == len(failed)  # each thread raised its own copy
     assert group.submit(7) == 70  # the next batch is not poisoned
+
+
+def test_group_commit_answers_every_waiter_when_send_returns_too_few_results():
+    group = GroupCommit(lambda items: [], limit=64)
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        group.submit(1)
+    assert not group._waiting
