@@ -67,7 +67,7 @@ class Store:
         if backend == "sqlite":
             _sqlite_setup(self.engine)
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        self._upserts: dict[tuple[str, ...], sa.Insert] = {}
+        self._upserts: dict[tuple[str, ...], tuple[sa.Insert, sa.Update]] = {}
         self._sql = self._event_statements()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -138,32 +138,40 @@ class Store:
         values = {name: getattr(recording, name) for name in METADATA_FIELDS}
         values.update(own, sid=recording.sid, status_rank=status_rank(recording.status),
                       created_at=recording.date_created or now, first_seen_at=now, updated_at=now)
-        conn.execute(self._upsert_statement(tuple(sorted(own))), values)
+        upsert, fill_gaps = self._upsert_statements(tuple(sorted(own)))
+        if conn.execute(upsert, values).first() is None:
+            # An older snapshot than the stored one (the API lagging behind a callback): it
+            # only fills gaps. The upsert has locked the row, so nothing moves in between.
+            conn.execute(fill_gaps, {f"b_{k}": v for k, v in values.items()})
 
-    def _upsert_statement(self, own: tuple[str, ...]) -> sa.Insert:
-        # Built once per set of extra columns and executed with parameters: building this
-        # statement (a CASE per column) cost a worker more CPU than executing it.
+    def _upsert_statements(self, own: tuple[str, ...]) -> tuple[sa.Insert, sa.Update]:
+        # Built once per set of extra columns and executed with parameters: building these
+        # cost a worker more CPU than executing them. Two short statements rather than one
+        # with a CASE per column: that one was over psycopg's 4 KB statement cache limit.
         if own in self._upserts:
             return self._upserts[own]
         columns = (*METADATA_FIELDS, *own, "sid", "status_rank", "created_at", "first_seen_at", "updated_at")
         stmt = self._insert(R).values({name: sa.bindparam(name, type_=R.c[name].type) for name in columns})
         new = stmt.excluded
-        # A snapshot at least as advanced as the stored one wins where it has values; an
-        # older one (the API lagging behind a callback) only fills gaps. SET expressions see
-        # the old row, so this is decided atomically under the row lock.
-        fresh = new.status_rank >= R.c.status_rank
-
-        def merged(name: str) -> sa.ColumnElement:
-            return sa.case(
-                (fresh, sa.func.coalesce(new[name], R.c[name])),
-                else_=sa.func.coalesce(R.c[name], new[name]),
-            )
-
-        update = {name: merged(name) for name in (*METADATA_FIELDS, "status_rank")}
-        update["created_at"] = sa.func.coalesce(merged("date_created"), R.c.created_at)
+        # A snapshot at least as advanced as the stored one wins where it has values. SET
+        # and WHERE see the old row under its lock, so this is decided atomically.
+        update = {name: sa.func.coalesce(new[name], R.c[name]) for name in (*METADATA_FIELDS, "status_rank")}
+        update["created_at"] = sa.func.coalesce(new.date_created, R.c.date_created, R.c.created_at)
         update["updated_at"] = new.updated_at
         update.update({name: new[name] for name in own})
-        self._upserts[own] = stmt.on_conflict_do_update(index_elements=[R.c.sid], set_=update)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[R.c.sid], set_=update, where=new.status_rank >= R.c.status_rank,
+        ).returning(R.c.sid)
+
+        def bound(name: str) -> sa.BindParameter:
+            return sa.bindparam(f"b_{name}", type_=R.c[name].type)
+
+        fill = {name: sa.func.coalesce(R.c[name], bound(name)) for name in (*METADATA_FIELDS, "status_rank")}
+        fill["created_at"] = sa.func.coalesce(R.c.date_created, bound("date_created"), R.c.created_at)
+        fill["updated_at"] = bound("updated_at")
+        fill.update({name: bound(name) for name in own})
+        fill_gaps = sa.update(R).where(R.c.sid == bound("sid")).values(fill)
+        self._upserts[own] = (upsert, fill_gaps)
         return self._upserts[own]
 
     def _event_statements(self) -> dict[str, sa.Executable]:
