@@ -18,7 +18,9 @@ log = logging.getLogger(__name__)
 @functools.cache
 def services() -> Services:
     # One set of connections per worker process (the work horse inherits it on fork).
-    return Services(load_settings())
+    # No pre-ping on checkout, a round trip per job: a job that meets a connection gone
+    # stale fails, and its retry runs on a fresh one.
+    return Services(load_settings(), pre_ping=False)
 
 
 def _note_database_error(s: Services, sid: str, exc: SQLAlchemyError) -> None:
