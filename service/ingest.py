@@ -189,9 +189,10 @@ class GroupCommit:
     trip is in flight go together in the next one.
 
     A round trip costs far more CPU (system calls, waking Redis) than the script it
-    carries, so sharing one is the webhook's largest throughput lever (bench/ingest.py). The first waiter leads: it sends every waiting item (up to `limit`) and
-    hands the lead to the next waiter. Alone, a request sends its own at once: no timer,
-    no added latency. Each item gets its own result or the batch's exception.
+    carries, so sharing one is the webhook's largest throughput lever (bench/ingest.py).
+    The item at the head of the line leads: it sends every waiting item (up to `limit`),
+    answers them and hands the lead to the next in line. Alone, a request sends its own at
+    once: no timer, no added latency. Each item gets its own result or the batch's exception.
     """
 
     def __init__(self, send: Callable[[list], list], limit: int = 64):
@@ -201,13 +202,15 @@ class GroupCommit:
         self._waiting: deque[_Ticket] = deque()
 
     def submit(self, item):
-        ticket = _Ticket(item, threading.Condition(self._lock))
+        ticket = _Ticket(item)
         with self._lock:
             self._waiting.append(ticket)
-            while not ticket.done and self._waiting[0] is not ticket:
-                ticket.wake.wait()
+            leading = len(self._waiting) == 1
+        if not leading:
+            ticket.ready.acquire()  # released once: with an answer, or to lead the next batch
             if ticket.done:
                 return ticket.outcome()
+        with self._lock:
             batch = list(itertools.islice(self._waiting, self._limit))
         try:
             results, error = self._send([t.item for t in batch]), None
@@ -219,17 +222,22 @@ class GroupCommit:
             for t, result in zip(batch, results):
                 self._waiting.popleft()
                 t.done, t.result, t.error = True, result, error
-                t.wake.notify()
-            if self._waiting:
-                self._waiting[0].wake.notify()
+            following = self._waiting[0] if self._waiting else None
+        for t in batch[1:]:  # batch[0] is this thread's own ticket: the leader heads the line
+            t.ready.release()
+        if following is not None:
+            following.ready.release()
         return ticket.outcome()
 
 
 class _Ticket:
-    __slots__ = ("item", "wake", "done", "result", "error")
+    __slots__ = ("item", "ready", "done", "result", "error")
 
-    def __init__(self, item, wake: threading.Condition):
-        self.item, self.wake = item, wake
+    def __init__(self, item):
+        self.item = item
+        # A plain lock taken up front is the cheapest thing a thread can sleep on.
+        self.ready = threading.Lock()
+        self.ready.acquire()
         self.done, self.result, self.error = False, None, None
 
     def outcome(self):

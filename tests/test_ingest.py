@@ -169,3 +169,32 @@ def test_group_commit_answers_every_waiter_when_send_returns_too_few_results():
     with pytest.raises(RuntimeError, match="0 results for 1 items"):
         group.submit(1)
     assert not group._waiting
+
+
+def test_group_commit_under_contention_answers_every_item_once():
+    sent: list = []
+    batches: list = []
+
+    def send(items):
+        sent.extend(items)
+        batches.append(len(items))
+        time.sleep(0.0002)  # a round trip's worth of waiting, so others queue behind it
+        return [item * 10 for item in items]
+
+    group = GroupCommit(send, limit=8)
+    answers: dict = {}
+
+    def run(base):
+        for n in range(base, base + 200):
+            answers[n] = group.submit(n)
+
+    threads = [threading.Thread(target=run, args=(t * 1000,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    items = [t * 1000 + n for t in range(16) for n in range(200)]
+    assert answers == {i: i * 10 for i in items}
+    assert sorted(sent) == items  # each sent exactly once
+    assert max(batches) <= 8 and len(batches) < len(items) / 2  # shared round trips, within the limit
+    assert not group._waiting
