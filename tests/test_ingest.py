@@ -102,7 +102,9 @@ class _Gate:
         return [item * 10 for item in items]
 
 
-def _submit_all(group, items):
+def _run_behind_gate(gate: _Gate, limit: int, items: list):
+    """The first item leads and holds the gate, the rest line up behind it, then it opens."""
+    group = GroupCommit(gate, limit=limit)
     results: dict = {}
 
     def run(item):
@@ -113,11 +115,15 @@ def _submit_all(group, items):
 
     threads = [threading.Thread(target=run, args=(item,)) for item in items]
     threads[0].start()
-    _wait_for(lambda: len(group._waiting) == 1)  # the first one leads and holds the gate
+    _wait_for(lambda: len(group._waiting) == 1)
     for thread in threads[1:]:
         thread.start()
     _wait_for(lambda: len(group._waiting) == len(items))
-    return threads, results
+    gate.release.set()
+    for thread in threads:
+        thread.join(10)
+    assert not group._waiting
+    return group, results
 
 
 def _wait_for(predicate, timeout=10.0):
@@ -129,34 +135,21 @@ def _wait_for(predicate, timeout=10.0):
 
 def test_group_commit_sends_waiting_items_together_and_answers_each():
     gate = _Gate()
-    group = GroupCommit(gate, limit=64)
-    threads, results = _submit_all(group, list(range(1, 11)))
-    gate.release.set()
-    for thread in threads:
-        thread.join(10)
+    _, results = _run_behind_gate(gate, 64, list(range(1, 11)))
     assert results == {i: i * 10 for i in range(1, 11)}
     assert gate.calls[0] == [1] and sorted(gate.calls[1]) == list(range(2, 11)) and len(gate.calls) == 2
-    assert not group._waiting
 
 
 def test_group_commit_respects_its_limit():
     gate = _Gate()
-    group = GroupCommit(gate, limit=3)
-    threads, results = _submit_all(group, list(range(1, 9)))
-    gate.release.set()
-    for thread in threads:
-        thread.join(10)
+    _, results = _run_behind_gate(gate, 3, list(range(1, 9)))
     assert results == {i: i * 10 for i in range(1, 9)}
     assert [len(c) for c in gate.calls] == [1, 3, 3, 1]
 
 
 def test_group_commit_failure_reaches_every_item_of_that_batch_only():
     gate = _Gate(fail_on=5)
-    group = GroupCommit(gate, limit=64)
-    threads, results = _submit_all(group, list(range(1, 7)))
-    gate.release.set()
-    for thread in threads:
-        thread.join(10)
+    group, results = _run_behind_gate(gate, 64, list(range(1, 7)))
     assert results[1] == 10  # the first batch went through before the failure
     failed = [results[i] for i in range(2, 7)]
     assert all(isinstance(exc, redis.ConnectionError) for exc in failed)
