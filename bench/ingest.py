@@ -1,7 +1,9 @@
 """Ingest: the real webhook (signature, validation, dedupe + enqueue) against a bare 204 route,
 both under the same gunicorn configuration, loaded with signed, unique callbacks.
 
-python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...]
+python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...] [--floor]
+
+--floor adds bench/floor_app.py (the webhook without its hand-off to Redis) as a third app.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def load(port: int, bodies: Path, lines, connections: int, duration: float) -> d
     return r
 
 
-def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3) -> dict:
+def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, floor=False) -> dict:
     results: dict = {"tool": "wrk" if WRK else "python loadgen", "duration_s": duration, "repeats": repeats,
                      "configs": {}}
     with workdir() as tmp, EmbeddedRedis() as rs:
@@ -113,13 +115,19 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3) -> 
             log(f"ingest {name}: starting gunicorn (bare :{bare_port}, webhook :{real_port})")
             bare = gunicorn("bench.bare_app:app", bare_port, env, extra, log_file)
             real = gunicorn("service:create_app()", real_port, env, extra, log_file)
+            floor_port = free_port() if floor else None
+            floor_proc = gunicorn("bench.floor_app:app", floor_port, env, extra, log_file) if floor else None
             try:
-                for port in (bare_port, real_port):  # warm-up
-                    load(port, bodies, lines, 16, 1)
+                for port in (bare_port, real_port, floor_port):  # warm-up
+                    if port:
+                        load(port, bodies, lines, 16, 1)
                 client.flushall()
-                runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": []} for c in connections}
+                runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": [], "floor": []} for c in connections}
                 for rep in range(repeats):
                     for c in connections:
+                        if floor:
+                            f = load(floor_port, bodies, lines, c, duration)
+                            runs[c]["floor"].append(f)
                         b = load(bare_port, bodies, lines, c, duration)
                         w = load(real_port, bodies, lines, c, duration)
                         queued = client.llen("rq:queue:recordings")
@@ -130,7 +138,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3) -> 
                         runs[c]["queued"].append(queued)
                         log(f"  {name} c={c} rep={rep}: bare {b['rps']:.0f} req/s p99 {b['p99_ms']:.1f} ms | "
                             f"webhook {w['rps']:.0f} req/s p99 {w['p99_ms']:.1f} ms, queued {queued}/{w['requests']}, "
-                            f"errors {w['errors']}")
+                            f"errors {w['errors']}" + (f" | no hand-off {f['rps']:.0f} req/s" if floor else ""))
                 summary = {}
                 for c, r in runs.items():
                     summary[c] = {
@@ -144,10 +152,14 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3) -> 
                         "webhook_errors": sum(x["errors"] for x in r["webhook"]),
                         "queued_vs_requests": [(q, x["requests"]) for q, x in zip(r["queued"], r["webhook"])],
                     }
+                    if floor:
+                        summary[c]["floor_rps"] = median(x["rps"] for x in r["floor"])
+                        summary[c]["floor_ratio"] = median(f["rps"] / b["rps"] for f, b in zip(r["floor"], r["bare"]))
                 results["configs"][name] = {"summary": summary, "runs": runs}
             finally:
-                stop(bare)
-                stop(real)
+                for proc in (bare, real, floor_proc):
+                    if proc:
+                        stop(proc)
         log_file.close()
     return results
 
@@ -164,6 +176,9 @@ def table(results: dict) -> str:
             rows.append(f"| {name} | {c} | {fmt(s['bare_rps'], 0)} | {fmt(s['bare_p50_ms'])}/{fmt(s['bare_p99_ms'])} | "
                         f"{fmt(s['webhook_rps'], 0)} | {fmt(s['webhook_p50_ms'])}/{fmt(s['webhook_p99_ms'])} | "
                         f"{fmt(s['ratio'], 2)}x | {target} |")
+            if "floor_rps" in s:
+                rows.append(f"| {name}, webhook without the hand-off (bench/floor_app.py) | {c} | | | {fmt(s['floor_rps'], 0)} | | "
+                            f"{fmt(s['floor_ratio'], 2)}x | |")
     return (f"### Ingest ({results['tool']}, {results['duration_s']} s x {results['repeats']} runs, medians)\n\n"
             + "\n".join(rows))
 
@@ -174,9 +189,10 @@ def main(argv=None) -> None:
     p.add_argument("--connections", default="16,64")
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--floor", action="store_true", help="also load the webhook without its hand-off to Redis")
     a = p.parse_args(argv)
     configs = list(CONFIGS) if a.configs == "all" else a.configs.split(",")
-    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats)
+    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor)
     path = save_json("ingest", res)
     print(table(res))
     log(f"JSON: {path}")
