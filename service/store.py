@@ -257,8 +257,9 @@ class Store:
         return [_json_ready(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
-        """Recordings for the reconciliation sweep, oldest first: those whose status is not
-        terminal (or unknown) and that were first seen before `older_than`.
+        """Recordings for the reconciliation sweep: those whose status is not terminal (or
+        unknown) and that were first seen before `older_than`; the least tried first, then the
+        oldest, so recordings that keep failing (a 404 for good) cannot crowd out the others.
 
         A terminal status is final wherever it came from (a callback or a metadata fetch), so
         terminal recordings are never swept again. `status_rank < TERMINAL_RANK` covers "not
@@ -267,7 +268,7 @@ class Store:
         query = (
             sa.select(R.c.sid)
             .where(R.c.status_rank < TERMINAL_RANK, R.c.first_seen_at < older_than)
-            .order_by(R.c.first_seen_at, R.c.sid)
+            .order_by(R.c.attempts, R.c.first_seen_at, R.c.sid)
             .limit(limit)
         )
         with self.engine.connect() as conn:

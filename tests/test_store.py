@@ -435,6 +435,11 @@ def test_unfinished(store):
     assert store.unfinished(older_than=threshold, limit=2) == found[:2]
     assert store.unfinished(older_than=old - timedelta(days=1)) == []
 
+    # One that keeps failing moves behind the ones tried less, so it cannot hog the limit.
+    store.note_attempt("a-live", "sweep: HTTP 404")
+    assert store.unfinished(older_than=threshold, limit=2) == [s for s in found if s != "a-live"][:2]
+    assert store.unfinished(older_than=threshold)[-1] == "a-live"
+
 
 # --- inbox -----------------------------------------------------------------------------
 
