@@ -15,8 +15,8 @@ callbacks left unfinished or never told us about.
 
 Rate limits: the client already waits out short Retry-After values (bounded by its
 `max_retry_wait`). A 429 (or a 503 with Retry-After) that is still there after that stops
-the sweep at once; the report says so and when to come back. One request is never repeated
-in a loop.
+the sweep at once; the report says so and when to come back, and the worker's schedule
+holds the next sweep until then. One request is never repeated in a loop.
 """
 
 from __future__ import annotations

@@ -6,10 +6,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
 from service.recordings import CallbackEvent, Recording
 from service.sweep import LOCK_KEY, sweep
+from workers.housekeeping import SWEEP_SLOT_KEY, Housekeeping
 
 DEAD_CALLBACK = "http://127.0.0.1:9/x"
 OLD = datetime.now(timezone.utc) - timedelta(hours=2)
@@ -126,3 +128,20 @@ def test_a_short_retry_after_is_waited_out(store, sandbox, sw_client, redis_conn
     assert time.monotonic() - started >= 0.5
     assert not report.rate_limited and report.stored == 1
     assert store.get(recording.sid)["status"] == "completed"
+
+
+def test_a_rate_limit_pushes_back_the_next_sweep_slot(store, sandbox, sw_client, redis_conn):
+    settings = SimpleNamespace(sweep_interval=60, sweep_after=600, sweep_list_hours=0)
+    services = SimpleNamespace(redis=redis_conn, store=store, signalwire=sw_client)
+    keeper = Housekeeping(settings, "worker-a", services)
+    seen_in_progress(store, completed_recording(sandbox, sw_client))
+
+    sandbox.fail_next(429, retry_after=30)  # shorter than what is left of the slot: unchanged
+    assert keeper.sweep_if_due().rate_limited
+    assert 0 < redis_conn.ttl(SWEEP_SLOT_KEY) <= 60
+
+    redis_conn.delete(SWEEP_SLOT_KEY)
+    sandbox.fail_next(429, retry_after=900)  # longer than the interval: the slot waits for it
+    assert keeper.sweep_if_due().rate_limited
+    assert 60 < redis_conn.ttl(SWEEP_SLOT_KEY) <= 900
+    assert keeper.sweep_if_due() is None  # no sweep before then

@@ -17,6 +17,7 @@ request it is in; it is a daemon, so it never holds up the process exit).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import Callable
 
@@ -87,11 +88,17 @@ class Housekeeping:
         """Sweeps when this worker claims the current interval's slot (one sweep per interval
         across all workers; the sweep's own lock also keeps them from overlapping)."""
         interval = self.settings.sweep_interval
-        if not self.services.redis.set(SWEEP_SLOT_KEY, self.worker_name, nx=True, ex=interval):
-            return None
         s = self.services
-        return sweep(s.store, s.signalwire, s.redis, older_than_seconds=self.settings.sweep_after,
-                     list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval))
+        if not s.redis.set(SWEEP_SLOT_KEY, self.worker_name, nx=True, ex=interval):
+            return None
+        report = sweep(s.store, s.signalwire, s.redis, older_than_seconds=self.settings.sweep_after,
+                       list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval))
+        if report.rate_limited and report.retry_after:
+            # The next sweep waits as long as SignalWire asked, even past the next slot.
+            wait = math.ceil(report.retry_after)
+            if s.redis.ttl(SWEEP_SLOT_KEY) < wait:
+                s.redis.set(SWEEP_SLOT_KEY, self.worker_name, ex=wait)
+        return report
 
     # --- lifecycle ---------------------------------------------------------------------------
 
