@@ -312,8 +312,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, sid = json.loads(raw)
-        if not isinstance(created_at, str) or not isinstance(sid, str):
-            raise ValueError
+        if not isinstance(created_at, str) or not isinstance(sid, str) or "\x00" in sid:
+            raise ValueError  # (PostgreSQL text cannot hold NUL: it would fail the query)
         when = datetime.fromisoformat(created_at)
         if when.tzinfo is None:
             raise ValueError

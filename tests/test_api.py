@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timezone
 
 import pytest
 
 from service.signalwire import SignalWireClient
+from service.store import encode_cursor
 from tests.fixtures.app import API_TOKEN, PUBLIC_BASE_URL
 
 
@@ -129,6 +131,8 @@ def test_unknown_recording_is_404_json(client, auth):
     response = client.get("/api/recordings/does-not-exist", headers=auth)
     assert response.status_code == 404
     assert "does-not-exist" in response.get_json()["error"]["message"]
+    # A sid that cannot exist, even one PostgreSQL could not query for, is a 404 too.
+    assert client.get("/api/recordings/a%00b", headers=auth).status_code == 404
 
 
 def test_list_filters_and_cursor(client, auth):
@@ -145,7 +149,11 @@ def test_list_filters_and_cursor(client, auth):
     assert client.get("/api/recordings?status=in-progress&limit=1000", headers=auth).status_code == 200
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "created_after=yesterday", "cursor=%%%", "colour=blue"])
+NUL_CURSOR = encode_cursor(datetime(2026, 1, 1, tzinfo=timezone.utc), "a\x00b")
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "created_after=yesterday", "cursor=%%%", "colour=blue",
+                                   "status=a%00b", "call_sid=CA1%0A", f"cursor={NUL_CURSOR}"])
 def test_bad_list_queries_are_422(client, auth, query):
     response = client.get(f"/api/recordings?{query}", headers=auth)
     assert response.status_code == 422

@@ -132,6 +132,15 @@ def test_missing_required_parameters_are_named(client, key, project_id, queue):
     assert queue.count == 0
 
 
+def test_nul_characters_are_400_naming_the_parameter(client, key, project_id, queue):
+    # PostgreSQL could store such a callback nowhere: refused, never queued.
+    params = callback_params(project_id, RecordingSource="Record\x00Verb", Extra="ok")
+    response = post(client, key, params)
+    assert response.status_code == 400
+    assert response.get_json()["error"]["fields"] == {"RecordingSource": ["must not contain NUL characters"]}
+    assert queue.count == 0
+
+
 def test_other_project_is_forbidden(client, key, project_id, queue):
     response = post(client, key, callback_params(str(uuid.uuid4())))
     assert response.status_code == 403

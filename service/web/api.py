@@ -93,7 +93,11 @@ def list_recordings():
 
 @bp.get("/recordings/<sid>")
 def get_recording(sid: str):
-    recording = current_app.extensions["services"].store.get(sid)
+    try:
+        SID(sid)  # one that cannot exist (a NUL would even fail PostgreSQL's query) is a 404 too
+        recording = current_app.extensions["services"].store.get(sid)
+    except ValidationError:
+        recording = None
     if recording is None:
         raise ApiError(404, f"no recording with sid {sid!r}")
     return jsonify(recording)

@@ -6,7 +6,9 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from service.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
 
-SID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="must be 1-64 letters, digits, '-' or '_'")
+# \Z, not $: "$" would also accept a trailing newline.
+SID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}\Z", error="must be 1-64 letters, digits, '-' or '_'")
+STATUS = validate.Regexp(r"^[A-Za-z0-9_-]{1,32}\Z", error="must be 1-32 letters, digits, '-' or '_'")
 
 
 class StartRecordingSchema(Schema):
@@ -35,7 +37,7 @@ class ListRecordingsSchema(Schema):
         unknown = RAISE
 
     call_sid = fields.String(validate=SID)
-    status = fields.String(validate=validate.Length(min=1, max=32))
+    status = fields.String(validate=STATUS)
     created_after = fields.AwareDateTime(default_timezone=None)
     created_before = fields.AwareDateTime(default_timezone=None)
     cursor = fields.String(validate=validate.Length(max=512))
@@ -72,6 +74,15 @@ class CallbackSchema(Schema):
     RecordingTrack = _Lenient(parse_text)
     ErrorCode = _Lenient(parse_text)
     ConferenceSid = _Lenient(parse_text)
+
+    @validates_schema(pass_original=True)
+    def _no_nul(self, data, original, **kwargs):
+        # PostgreSQL can store NUL in neither text nor JSON: a job carrying one could never be
+        # stored, so it is refused here rather than accepted and lost to the dead letters.
+        bad = {key: ["must not contain NUL characters"] for key, value in original.items()
+               if "\x00" in key or "\x00" in value}
+        if bad:
+            raise ValidationError(bad)
 
 
 start_recording_schema = StartRecordingSchema()
