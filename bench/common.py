@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
 
 import requests
 
@@ -155,36 +155,36 @@ class SandboxProcess:
 @contextlib.contextmanager
 def database(kind: str, workdir: Path, migrate: bool = True) -> Iterator[str]:
     """A migrated, empty database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
-    from service.store import Store
+    from service.store import Store, temporary_schema
 
-    schema = None
-    if kind == "sqlite":
-        path = workdir / f"bench-{secrets.token_hex(4)}.sqlite3"
-        url = f"sqlite:///{path}"
-    else:
-        import psycopg
-
-        schema = f"bench_{secrets.token_hex(5)}"
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        parts = urlsplit(POSTGRES_URL)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"] + [("options", f"-csearch_path={schema}")]
-        url = urlunsplit(parts._replace(query=urlencode(query)))
-    if migrate:
-        store = Store(url)
-        store.migrate()
-        store.dispose()
-    try:
-        yield url
-    finally:
-        if schema:
-            import psycopg
-
-            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        else:
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            path = workdir / f"bench-{secrets.token_hex(4)}.sqlite3"
+            url = f"sqlite:///{path}"
             for suffix in ("", "-wal", "-shm"):
-                Path(str(path) + suffix).unlink(missing_ok=True)
+                stack.callback(Path(f"{path}{suffix}").unlink, missing_ok=True)
+        else:
+            url = stack.enter_context(temporary_schema(POSTGRES_URL, "bench"))
+        if migrate:
+            store = Store(url)
+            store.migrate()
+            store.dispose()
+        yield url
+
+
+def reachable(kinds: list[str]) -> list[str]:
+    """The database kinds asked for, without PostgreSQL when it does not answer."""
+    if "postgresql" in kinds and not postgres_available():
+        log("PostgreSQL unreachable: skipping it")
+        return [k for k in kinds if k != "postgresql"]
+    return kinds
+
+
+def publish(name: str, results, table: str) -> None:
+    """A benchmark's markdown table on stdout, its full results as JSON in bench/results/."""
+    path = save_json(name, results)
+    print(table)
+    log(f"JSON: {path}")
 
 
 def postgres_available() -> bool:

@@ -24,8 +24,8 @@ import requests
 import sqlalchemy as sa
 
 from bench.common import (
-    CALLBACK_PATH, EmbeddedRedis, cpu_seconds, SandboxProcess, callback_params, children, database, fmt, free_port, log, pct,
-    postgres_available, save_json, service_env, signed_body, workdir,
+    CALLBACK_PATH, callback_params, children, cpu_seconds, database, EmbeddedRedis, fmt, free_port, log, pct,
+    publish, reachable, SandboxProcess, service_env, signed_body, workdir,
 )
 from service.stack import Stack
 from service.store import R, Store
@@ -187,13 +187,9 @@ def main(argv=None) -> None:
     p.add_argument("--workers", type=int, default=1)
     a = p.parse_args(argv)
     kinds = ["sqlite", "postgresql"] if a.db == "both" else [a.db]
-    if "postgresql" in kinds and not postgres_available():
-        log("PostgreSQL unreachable: skipping it")
-        kinds.remove("postgresql")
+    kinds = reachable(kinds)
     res = [paced(k, a.rate, a.duration, a.workers) for k in kinds]
-    path = save_json("e2e", res)
-    print(table(res))
-    log(f"JSON: {path}")
+    publish("e2e", res, table(res))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import redis
 
 from bench import loadgen
 from bench.common import (
-    ROOT, EmbeddedRedis, fmt, free_port, log, median, save_json, service_env, signed_body, callback_params,
+    ROOT, callback_params, EmbeddedRedis, fmt, free_port, log, median, publish, service_env, signed_body,
     wait_http, workdir,
 )
 
@@ -193,9 +193,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     configs = list(CONFIGS) if a.configs == "all" else a.configs.split(",")
     res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor)
-    path = save_json("ingest", res)
-    print(table(res))
-    log(f"JSON: {path}")
+    publish("ingest", res, table(res))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
-from bench.common import CALLBACK_PATH, callback_params, fmt, log, rss_kb, save_json, signed_body, workdir
+from bench.common import CALLBACK_PATH, callback_params, fmt, log, publish, rss_kb, signed_body, workdir
 from bench.e2e import QUEUE_KEY, Harness
 from service.store import E
 
@@ -107,9 +107,7 @@ def main(argv=None) -> None:
     p.add_argument("--time-limit", type=float, default=1800)
     a = p.parse_args(argv)
     res = run(a.callbacks, a.db, a.workers, a.time_limit)
-    path = save_json("memory", res)
-    print(table(res))
-    log(f"JSON: {path}")
+    publish("memory", res, table(res))
 
 
 if __name__ == "__main__":

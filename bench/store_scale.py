@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
 
-from bench.common import database, fmt, log, median, pct, postgres_available, save_json, workdir
+from bench.common import database, fmt, log, median, pct, publish, reachable, workdir
 from service.store import Store, encode_cursor
 
 BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -189,13 +189,9 @@ def main(argv=None) -> None:
     p.add_argument("--passes", type=int, default=3)
     a = p.parse_args(argv)
     kinds = a.db.split(",")
-    if "postgresql" in kinds and not postgres_available():
-        log("PostgreSQL unreachable: skipping it")
-        kinds.remove("postgresql")
+    kinds = reachable(kinds)
     res = [run(k, a.rows, a.samples, a.passes) for k in kinds]
-    path = save_json("store", res)
-    print(table(res))
-    log(f"JSON: {path}")
+    publish("store", res, table(res))
 
 
 if __name__ == "__main__":

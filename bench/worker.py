@@ -14,8 +14,7 @@ import sys
 import redis
 
 from bench.common import (
-    ROOT, EmbeddedRedis, SandboxProcess, database, fmt, log, median, postgres_available, save_json, service_env,
-    workdir,
+    ROOT, database, EmbeddedRedis, fmt, log, median, publish, reachable, SandboxProcess, service_env, workdir,
 )
 from service.ingest import Ingest
 from service.recordings import CallbackEvent
@@ -102,12 +101,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args(argv)
     kinds = ["sqlite", "postgresql"] if a.db == "both" else [a.db]
-    if "postgresql" in kinds and not postgres_available():
-        kinds.remove("postgresql")
+    kinds = reachable(kinds)
     res = [run(k, a.jobs, a.repeats) for k in kinds]
-    path = save_json("worker", res)
-    print(table(res))
-    log(f"JSON: {path}")
+    publish("worker", res, table(res))
 
 
 if __name__ == "__main__":

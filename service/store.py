@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import secrets
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -47,6 +49,25 @@ def database_url(url: str) -> sa.URL:
     if parsed.drivername in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+@contextmanager
+def temporary_schema(server_url: str, prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL schema on `server_url` (a libpq URL), dropped afterwards. Yields
+    `server_url` with its search_path set to it: how tests and benchmarks share one server."""
+    import psycopg
+
+    schema = f"{prefix}_{secrets.token_hex(5)}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        parts = urlsplit(server_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+        query.append(("options", f"-csearch_path={schema}"))
+        yield urlunsplit(parts._replace(query=urlencode(query)))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 class Store:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from typing import Callable, Iterator
 
-import psycopg
 import pytest
 import requests
 
 from service.recordings import Recording, is_terminal
 from service.stack import Stack
-from service.store import Store
-from tests.fixtures.database import with_search_path
+from service.store import Store, temporary_schema
 from tests.fixtures.sandbox import SandboxCredentials
 
 API_TOKEN = "e2e-api-token-0123456789abcdef"
@@ -26,28 +23,20 @@ AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 @contextlib.contextmanager
 def database(kind: str, tmp_dir, postgres_server) -> Iterator[str]:
     """A migrated database of its own: a SQLite file, or a fresh PostgreSQL schema."""
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_dir / 'e2e.sqlite3'}"
-        schema = None
-    else:
-        server, reason = postgres_server
-        if server is None:
-            if os.environ.get("REQUIRE_POSTGRES") == "1":
-                pytest.fail(reason)
-            pytest.skip(reason)
-        schema = f"e2e_{secrets.token_hex(5)}"
-        with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        url = with_search_path(server, schema)
-    store = Store(url)
-    store.migrate()
-    store.dispose()
-    try:
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp_dir / 'e2e.sqlite3'}"
+        else:
+            server, reason = postgres_server
+            if server is None:
+                if os.environ.get("REQUIRE_POSTGRES") == "1":
+                    pytest.fail(reason)
+                pytest.skip(reason)
+            url = stack.enter_context(temporary_schema(server, "e2e"))
+        store = Store(url)
+        store.migrate()
+        store.dispose()
         yield url
-    finally:
-        if schema:
-            with psycopg.connect(server, autocommit=True) as conn:
-                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 def stack_env(redis_url: str, database_url: str, sandbox, credentials: SandboxCredentials, port: int) -> dict:
