@@ -95,15 +95,8 @@ def recover(queue: Queue, *, intermediate_grace: float = DEFAULT_INTERMEDIATE_GR
     connection = queue.connection
     registry = queue.started_job_registry
     holders: set[str] = set()
-    for member in connection.zrange(registry.key, 0, -1):
-        composite = member.decode() if isinstance(member, bytes) else member
-        job_id, execution_id = parse_composite_key(composite)
-        execution = Execution(id=execution_id, job_id=job_id, connection=connection)
-        data = connection.hgetall(execution.key)
-        if data:
-            execution.restore(data)
-        worker_name = execution.worker_name or _job_worker(queue, job_id)
-        if worker_alive(connection, worker_name):
+    for composite, job_id, execution in _started(queue):
+        if _runs_on_live_worker(queue, job_id, execution):
             holders.add(job_id)
             continue
         if not connection.zrem(registry.key, composite):
@@ -119,9 +112,25 @@ def recover(queue: Queue, *, intermediate_grace: float = DEFAULT_INTERMEDIATE_GR
     return report
 
 
-def _job_worker(queue: Queue, job_id: str) -> str | None:
-    raw = queue.connection.hget(Job.key_for(job_id), "worker_name")
-    return raw.decode() if raw else None
+def _started(queue: Queue):
+    """(registry member, job id, execution) for each entry of the StartedJobRegistry."""
+    connection = queue.connection
+    for member in connection.zrange(queue.started_job_registry.key, 0, -1):
+        composite = member.decode() if isinstance(member, bytes) else member
+        job_id, execution_id = parse_composite_key(composite)
+        execution = Execution(id=execution_id, job_id=job_id, connection=connection)
+        data = connection.hgetall(execution.key)
+        if data:
+            execution.restore(data)
+        yield composite, job_id, execution
+
+
+def _runs_on_live_worker(queue: Queue, job_id: str, execution: Execution) -> bool:
+    worker_name = execution.worker_name
+    if not worker_name:
+        raw = queue.connection.hget(Job.key_for(job_id), "worker_name")
+        worker_name = raw.decode() if raw else None
+    return worker_alive(queue.connection, worker_name)
 
 
 def _fetch(queue: Queue, job_id: str) -> Job | None:
@@ -187,12 +196,5 @@ def _recover_intermediate(queue: Queue, holders: set[str], grace: float, report:
 
 
 def _is_started_by_live_worker(queue: Queue, job_id: str) -> bool:
-    for member in queue.connection.zrange(queue.started_job_registry.key, 0, -1):
-        composite = member.decode() if isinstance(member, bytes) else member
-        if parse_composite_key(composite)[0] == job_id:
-            execution_key = Execution(id=parse_composite_key(composite)[1], job_id=job_id,
-                                      connection=queue.connection).key
-            raw = queue.connection.hget(execution_key, "worker_name")
-            if worker_alive(queue.connection, raw.decode() if raw else _job_worker(queue, job_id)):
-                return True
-    return False
+    return any(_runs_on_live_worker(queue, job_id, execution)
+               for _, started_id, execution in _started(queue) if started_id == job_id)
