@@ -51,9 +51,6 @@ class SweepReport:
     errors: list[str] = dataclasses.field(default_factory=list)  # a few, for the operator
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     def summary(self) -> str:
         if self.skipped_locked:
             return "sweep skipped: another sweep is running"
