@@ -4,7 +4,6 @@ and the RQ job itself run by a real worker on a real Redis."""
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
 
 import pytest
 from rq import SimpleWorker
@@ -14,7 +13,6 @@ from service.processing import handle_callback
 from service.recordings import CallbackEvent
 from service.signalwire import SignalWireError
 from service.store import Store
-from workers import jobs
 
 
 def started(sandbox, sw_client, **kw):
@@ -95,18 +93,17 @@ def test_rq_job_runs_on_a_real_worker(app, store, sandbox, sw_client, monkeypatc
     jobs.services.cache_clear()
 
 
-def test_a_connection_that_died_while_idle_is_replaced_within_the_job(database_url, store, sandbox, sw_client):
+def test_a_connection_that_died_while_idle_is_replaced_before_use(database_url, store, sandbox, sw_client):
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
-    worker_store = Store(database_url, pool_pre_ping=False)  # as workers/jobs.py builds it
+    worker_store = Store(database_url)  # as the workers build it
     try:
         with worker_store.engine.connect() as conn:  # the pool now holds this idle connection
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with store.engine.connect() as admin:  # a database restart, for that one connection
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         recording = started(sandbox, sw_client)
-        services = SimpleNamespace(store=worker_store, signalwire=sw_client)
-        assert jobs.handle(services, event(recording, "completed")) == "completed"
+        assert handle_callback(worker_store, sw_client, event(recording, "completed")) == "completed"
         assert worker_store.get(recording.sid)["status"] == "completed"
     finally:
         worker_store.dispose()
