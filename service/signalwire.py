@@ -174,6 +174,12 @@ class SignalWireClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=20, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
+        # Proxies and CA bundle from the environment, read once: with trust_env requests
+        # scans os.environ on every call, a tenth of a worker job's CPU. The client only
+        # ever calls its own space, so resolving them for that one URL is exact.
+        env = self._session.merge_environment_settings(self.base_url, {}, None, None, None)
+        self._session.proxies, self._session.verify = env["proxies"], env["verify"]
+        self._session.trust_env = False
 
     def __repr__(self) -> str:
         return f"SignalWireClient(base_url={self.base_url!r}, project_id={self.project_id!r})"

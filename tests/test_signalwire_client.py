@@ -334,3 +334,30 @@ def test_token_never_in_repr_or_errors(sandbox, sw_client, sandbox_credentials):
     finally:
         slow.close()
     assert token not in str(info.value)
+
+
+# --- environment ----------------------------------------------------------------------------
+
+
+def test_proxy_from_environment_is_read_once_at_construction(sandbox, sandbox_credentials, monkeypatch):
+    dead_proxy = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HTTP_PROXY", dead_proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = SignalWireClient(sandbox.base_url, sandbox_credentials.project_id, sandbox_credentials.api_token,
+                               max_retries=0)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    bypassing = SignalWireClient(sandbox.base_url, sandbox_credentials.project_id, sandbox_credentials.api_token,
+                                 max_retries=0)
+    monkeypatch.delenv("HTTP_PROXY")  # later changes reach neither client
+    try:
+        # The proxy is a closed port: going through it fails before the sandbox is reached.
+        with pytest.raises(SignalWireError) as info:
+            proxied.fetch_recording("RE-any")
+        assert info.value.status is None and "ProxyError" in str(info.value)
+        with pytest.raises(SignalWireError) as info:
+            bypassing.fetch_recording("RE-any")
+        assert info.value.status == 404  # the sandbox answered directly
+    finally:
+        proxied.close()
+        bypassing.close()
