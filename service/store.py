@@ -137,19 +137,15 @@ class Store:
 
         True when the callback was new (a repeat changes nothing but the metadata)."""
         now = _now()
-        fields = {name: getattr(event, name) for name in EVENT_FIELDS}
         with self._write() as conn:
-            conn.execute(self._sql["insert_seen"], {
-                **fields, "sid": event.recording_sid, "created_at": event.received_at,
-                "first_seen_at": event.received_at, "updated_at": now})
             inserted = conn.execute(self._sql["insert_event"], {
                 "recording_sid": event.recording_sid, "status": event.status, "params": dict(event.params),
                 "received_at": event.received_at}).first()
             if inserted is not None:
-                # Conditional, so concurrent workers cannot move the status backwards.
-                values = {**fields, "sid": event.recording_sid, "status": event.status,
-                          "status_rank": status_rank(event.status), "updated_at": now}
-                conn.execute(self._sql["advance"], {f"b_{k}": v for k, v in values.items()})
+                conn.execute(self._sql["advance"], {
+                    **{name: getattr(event, name) for name in EVENT_FIELDS},
+                    "sid": event.recording_sid, "status": event.status, "status_rank": status_rank(event.status),
+                    "created_at": event.received_at, "first_seen_at": event.received_at, "updated_at": now})
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
         return inserted is not None
@@ -199,21 +195,24 @@ class Store:
         def bind(*names: str) -> dict[str, sa.BindParameter]:
             return {name: sa.bindparam(name, type_=R.c[name].type) for name in names}
 
-        seen = ("sid", *EVENT_FIELDS, "created_at", "first_seen_at", "updated_at")
+        seen = ("sid", *EVENT_FIELDS, "status", "status_rank", "created_at", "first_seen_at", "updated_at")
+        advance = self._insert(R).values(bind(*seen))
+        new = advance.excluded
         return {
-            "insert_seen": self._insert(R).values(bind(*seen)).on_conflict_do_nothing(index_elements=[R.c.sid]),
             "insert_event": self._insert(E)
             .values({name: sa.bindparam(name, type_=E.c[name].type)
                      for name in ("recording_sid", "status", "params", "received_at")})
             .on_conflict_do_nothing(index_elements=[E.c.recording_sid, E.c.status])
             .returning(E.c.id),
-            # The event's fields fill in what it carries; None keeps what is stored.
-            "advance": sa.update(R)
-            .where(R.c.sid == sa.bindparam("b_sid"), R.c.status_rank <= sa.bindparam("b_status_rank"))
-            .values(status=sa.bindparam("b_status"), status_rank=sa.bindparam("b_status_rank"),
-                    updated_at=sa.bindparam("b_updated_at", type_=R.c.updated_at.type),
-                    **{name: sa.func.coalesce(sa.bindparam(f"b_{name}", type_=R.c[name].type), R.c[name])
-                       for name in EVENT_FIELDS}),
+            # A new event creates its recording or moves its status forward, in one statement.
+            # Conditional, so concurrent workers cannot move the status backwards; the event's
+            # fields fill in what it carries, None keeps what is stored.
+            "advance": advance.on_conflict_do_update(
+                index_elements=[R.c.sid],
+                set_={"status": new.status, "status_rank": new.status_rank, "updated_at": new.updated_at,
+                      **{name: sa.func.coalesce(new[name], R.c[name]) for name in EVENT_FIELDS}},
+                where=R.c.status_rank <= new.status_rank,
+            ),
         }
 
     def note_attempt(self, sid: str, error: str | None) -> None:
