@@ -35,7 +35,7 @@ from urllib.parse import urlencode, urlsplit
 import requests
 from flask import Flask, Response, jsonify, request
 from requests.adapters import HTTPAdapter
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from cheroot import wsgi
 
 from service.sandbox.media import MP3_BYTES, WAV_BYTES
 from service.signatures import compute_signature
@@ -119,16 +119,6 @@ class _Scheduler:
                 log.exception("sandbox scheduled job failed")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """One log line per request on our logger (headers, so the token, are never logged)."""
-
-    def log_request(self, code: Any = "-", size: Any = "-") -> None:
-        log.info('%s "%s" %s', self.address_string(), self.requestline, getattr(code, "value", code))
-
-    def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - werkzeug's signature
-        log.debug(message, *args)
-
-
 class Sandbox:
     """A SignalWire Compatibility API look-alike on loopback. See the module docstring."""
 
@@ -163,7 +153,7 @@ class Sandbox:
         self._seed: int | None = None
         self._rng = random.Random()
         self.app = self._build_app()
-        self._server: BaseWSGIServer | None = None
+        self._server: wsgi.Server | None = None
         self._thread: threading.Thread | None = None
         self._scheduler: _Scheduler | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -178,20 +168,20 @@ class Sandbox:
         self._http = requests.Session()
         self._http.mount("http://", HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0))
         self._http.mount("https://", HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0))
-        self._server = make_server(self.host, self.port, self.app, threaded=True, request_handler=_QuietHandler)
-        self.port = self._server.server_port
-        server = self._server
-        self._thread = threading.Thread(
-            target=lambda: server.serve_forever(poll_interval=0.05), name="sandbox-http", daemon=True
-        )
+        # cheroot keeps connections alive, as the real API does (werkzeug's server closes
+        # each one, which made every client call pay for a new connection and thread).
+        self._server = wsgi.Server((self.host, self.port), self.app, numthreads=16, shutdown_timeout=1)
+        self._server.expiration_interval = 0.05  # how long stop() waits for the accept loop
+        self._server.prepare()
+        self.port = self._server.bind_addr[1]
+        self._thread = threading.Thread(target=self._server.serve, name="sandbox-http", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()  # in-flight deliveries stop retrying
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
         if self._scheduler is not None:
             self._scheduler.stop()
@@ -539,9 +529,17 @@ class Sandbox:
             return self._error(status, None, f"Sandbox random error {status}", retry_after=self.retry_after)
         return None
 
+    @staticmethod
+    def _log_request(response: Response) -> Response:
+        # One line per request (never the headers, which carry the token).
+        log.info('%s "%s %s" %s', request.remote_addr, request.method, request.full_path.rstrip("?"),
+                 response.status_code)
+        return response
+
     def _build_app(self) -> Flask:
         app = Flask("service.sandbox")
         app.before_request(self._inject_faults)
+        app.after_request(self._log_request)
         acct = f"{API}/Accounts/<account_sid>"
         app.add_url_rule(f"{acct}/Calls/<call_sid>/Recordings", view_func=self._create, methods=["POST"])
         app.add_url_rule(f"{acct}/Calls/<call_sid>/Recordings.json", view_func=self._create, methods=["POST"],
