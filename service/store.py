@@ -137,15 +137,17 @@ class Store:
 
         True when the callback was new (a repeat changes nothing but the metadata)."""
         now = _now()
+        params = {name: getattr(event, name) for name in EVENT_FIELDS}
+        params.update(recording_sid=event.recording_sid, status=event.status, params=dict(event.params),
+                      received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
+                      created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
         with self._write() as conn:
-            inserted = conn.execute(self._sql["insert_event"], {
-                "recording_sid": event.recording_sid, "status": event.status, "params": dict(event.params),
-                "received_at": event.received_at}).first()
-            if inserted is not None:
-                conn.execute(self._sql["advance"], {
-                    **{name: getattr(event, name) for name in EVENT_FIELDS},
-                    "sid": event.recording_sid, "status": event.status, "status_rank": status_rank(event.status),
-                    "created_at": event.received_at, "first_seen_at": event.received_at, "updated_at": now})
+            if "record" in self._sql:
+                inserted = conn.execute(self._sql["record"], params).first()
+            else:
+                inserted = conn.execute(self._sql["insert_event"], params).first()
+                if inserted is not None:
+                    conn.execute(self._sql["advance"], params)
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
         return inserted is not None
@@ -196,24 +198,35 @@ class Store:
             return {name: sa.bindparam(name, type_=R.c[name].type) for name in names}
 
         seen = ("sid", *EVENT_FIELDS, "status", "status_rank", "created_at", "first_seen_at", "updated_at")
-        advance = self._insert(R).values(bind(*seen))
-        new = advance.excluded
-        return {
-            "insert_event": self._insert(E)
+        insert_event = (
+            self._insert(E)
             .values({name: sa.bindparam(name, type_=E.c[name].type)
                      for name in ("recording_sid", "status", "params", "received_at")})
             .on_conflict_do_nothing(index_elements=[E.c.recording_sid, E.c.status])
-            .returning(E.c.id),
-            # A new event creates its recording or moves its status forward, in one statement.
-            # Conditional, so concurrent workers cannot move the status backwards; the event's
-            # fields fill in what it carries, None keeps what is stored.
-            "advance": advance.on_conflict_do_update(
+            .returning(E.c.id)
+        )
+
+        def advance(insert: sa.Insert) -> sa.Insert:
+            # A new event creates its recording or moves its status forward. Conditional, so
+            # concurrent workers cannot move the status backwards; the event's fields fill in
+            # what it carries, None keeps what is stored.
+            new = insert.excluded
+            return insert.on_conflict_do_update(
                 index_elements=[R.c.sid],
                 set_={"status": new.status, "status_rank": new.status_rank, "updated_at": new.updated_at,
                       **{name: sa.func.coalesce(new[name], R.c[name]) for name in EVENT_FIELDS}},
                 where=R.c.status_rank <= new.status_rank,
-            ),
-        }
+            )
+
+        statements = {"insert_event": insert_event, "advance": advance(self._insert(R).values(bind(*seen)))}
+        if self.engine.dialect.name == "postgresql":
+            # Both in one statement and round trip: the recording is advanced only when the
+            # event's insert returned a row. (SQLite has no INSERT inside WITH.)
+            event = insert_event.cte("event")
+            source = sa.select(*bind(*seen).values()).select_from(event)
+            advanced = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
+            statements["record"] = sa.select(event.c.id).add_cte(advanced.cte("advanced"))
+        return statements
 
     def note_attempt(self, sid: str, error: str | None) -> None:
         with self._write() as conn:
