@@ -31,7 +31,7 @@ def main(argv=None) -> None:
         everything["ingest"] = r
         sections.append(ingest.table(r))
     if "worker" in only:
-        r = [worker.run(k, 100 if quick else 240, 1 if quick else 3) for k in dbs]
+        r = [worker.run(k, 100 if quick else 600, 1 if quick else 3) for k in dbs]
         everything["worker"] = r
         sections.append(worker.table(r))
     if "e2e" in only:
