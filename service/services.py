@@ -41,9 +41,8 @@ def queue_for(settings: Settings, connection: redis.Redis) -> Queue:
 class Services:
     """The process's connections, created lazily and shared."""
 
-    def __init__(self, settings: Settings, *, pool_pre_ping: bool = True):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.pool_pre_ping = pool_pre_ping
 
     @functools.cached_property
     def redis(self) -> redis.Redis:
@@ -55,7 +54,7 @@ class Services:
 
     @functools.cached_property
     def store(self) -> Store:
-        return Store(self.settings.database_url, pool_pre_ping=self.pool_pre_ping)
+        return Store(self.settings.database_url)
 
     @functools.cached_property
     def signalwire(self) -> SignalWireClient:

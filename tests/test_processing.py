@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 from rq import SimpleWorker
-from sqlalchemy.exc import OperationalError
 
 from service.ingest import Ingest
 from service.processing import handle_callback
 from service.recordings import CallbackEvent
 from service.signalwire import SignalWireError
+from service.store import Store
 
 
 def started(sandbox, sw_client, **kw):
@@ -93,29 +93,17 @@ def test_rq_job_runs_on_a_real_worker(app, store, sandbox, sw_client, monkeypatc
     jobs.services.cache_clear()
 
 
-def test_a_job_meeting_a_dropped_connection_fails_once_and_its_retry_stores_it(
-        database_url, store, sandbox, sw_client, monkeypatch, env):
+def test_a_connection_that_died_while_idle_is_replaced_before_use(database_url, store, sandbox, sw_client):
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    from workers import jobs
-
-    jobs.services.cache_clear()
-    worker_store = jobs.services().store
+    worker_store = Store(database_url)  # as the workers build it
     try:
         with worker_store.engine.connect() as conn:  # the pool now holds this idle connection
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
         with store.engine.connect() as admin:  # a database restart, for that one connection
             admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
         recording = started(sandbox, sw_client)
-        payload = event(recording, "completed").to_payload()
-        # Workers skip the pool's pre-ping: the job fails (RQ's retry policy runs it again)...
-        with pytest.raises(OperationalError):
-            jobs.process_callback(payload)
-        # ...and the pool has replaced the dead connection by the time the retry runs.
-        assert jobs.process_callback(payload) == "completed"
-        assert store.get(recording.sid)["status"] == "completed"
+        assert handle_callback(worker_store, sw_client, event(recording, "completed")) == "completed"
+        assert worker_store.get(recording.sid)["status"] == "completed"
     finally:
-        jobs.services().close()
-        jobs.services.cache_clear()
+        worker_store.dispose()

@@ -18,9 +18,7 @@ log = logging.getLogger(__name__)
 @functools.cache
 def services() -> Services:
     # One set of connections per worker process (the work horse inherits it on fork).
-    # No pool pre-ping, which cost every job a round trip: a job that meets a connection the
-    # database dropped fails, SQLAlchemy replaces the whole pool, and RQ's retry runs it again.
-    return Services(load_settings(), pool_pre_ping=False)
+    return Services(load_settings())
 
 
 def _note_database_error(s: Services, sid: str, exc: SQLAlchemyError) -> None:
