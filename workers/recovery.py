@@ -112,12 +112,15 @@ def recover(queue: Queue, *, intermediate_grace: float = DEFAULT_INTERMEDIATE_GR
     return report
 
 
-def _started(queue: Queue):
-    """(registry member, job id, execution) for each entry of the StartedJobRegistry."""
+def _started(queue: Queue, only: str | None = None):
+    """(registry member, job id, execution) for each entry of the StartedJobRegistry, or for
+    job `only`'s entries (the others' execution hashes are then not read)."""
     connection = queue.connection
     for member in connection.zrange(queue.started_job_registry.key, 0, -1):
         composite = member.decode() if isinstance(member, bytes) else member
         job_id, execution_id = parse_composite_key(composite)
+        if only is not None and job_id != only:
+            continue
         execution = Execution(id=execution_id, job_id=job_id, connection=connection)
         data = connection.hgetall(execution.key)
         if data:
@@ -196,5 +199,4 @@ def _recover_intermediate(queue: Queue, holders: set[str], grace: float, report:
 
 
 def _is_started_by_live_worker(queue: Queue, job_id: str) -> bool:
-    return any(_runs_on_live_worker(queue, job_id, execution)
-               for _, started_id, execution in _started(queue) if started_id == job_id)
+    return any(_runs_on_live_worker(queue, job_id, execution) for _, _, execution in _started(queue, job_id))
