@@ -137,17 +137,18 @@ class Store:
 
         True when the callback was new (a repeat changes nothing but the metadata)."""
         now = _now()
-        params = {name: getattr(event, name) for name in EVENT_FIELDS}
-        params.update(recording_sid=event.recording_sid, status=event.status, params=dict(event.params),
+        # One set of values for the history row and the recording's; each statement takes its own.
+        values = {name: getattr(event, name) for name in EVENT_FIELDS}
+        values.update(recording_sid=event.recording_sid, status=event.status, params=dict(event.params),
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
         with self._write() as conn:
             if "record" in self._sql:
-                inserted = conn.execute(self._sql["record"], params).first()
+                inserted = conn.execute(self._sql["record"], values).first()
             else:
-                inserted = conn.execute(self._sql["insert_event"], params).first()
+                inserted = conn.execute(self._sql["insert_event"], values).first()
                 if inserted is not None:
-                    conn.execute(self._sql["advance"], params)
+                    conn.execute(self._sql["advance"], values)
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
         return inserted is not None
