@@ -11,7 +11,7 @@ import base64
 import dataclasses
 import json
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -90,6 +90,7 @@ class Store:
         self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         self._upserts: dict[tuple[str, ...], tuple[sa.Insert, sa.Update]] = {}
         self._sql = self._event_statements()
+        self._pipelines = self.engine.dialect.name == "postgresql"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -113,45 +114,48 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """One write transaction (on SQLite it takes the write lock up front, see below)."""
+    def _write(self, pipelined: bool = False) -> Iterator[Connection]:
+        """One write transaction (on SQLite it takes the write lock up front, see below).
+
+        `pipelined`: on PostgreSQL, BEGIN, the statements and COMMIT go to the server in one
+        round trip (psycopg's pipeline mode); a worker's job is mostly waiting on round trips.
+        Statements run so must not return rows: SQLAlchemy sees no result before the COMMIT.
+        """
         with self.engine.connect() as conn:
             conn.execution_options(store_write=True)
-            with conn.begin():
+            pipeline = conn.connection.driver_connection.pipeline() if pipelined and self._pipelines else nullcontext()
+            with pipeline, conn.begin():
                 yield conn
 
     # --- writes ------------------------------------------------------------------------
 
     def save_started(self, recording: Recording, requested: dict) -> None:
         """Our API started this recording: keep what we asked for."""
-        with self._write() as conn:
+        with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, started_by_us=True, requested=requested)
 
     def save_metadata(self, recording: Recording) -> None:
         """Metadata fetched from the REST API."""
-        with self._write() as conn:
+        with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, last_fetched_at=_now(), last_error=None)
 
-    def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> bool:
+    def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> None:
         """Store a status callback, and with it the metadata fetched for it, in one transaction.
 
-        True when the callback was new (a repeat changes nothing but the metadata)."""
+        A repeated callback adds no history and changes nothing but the metadata."""
         now = _now()
         # One set of values for the history row and the recording's; each statement takes its own.
         values = {name: getattr(event, name) for name in EVENT_FIELDS}
         values.update(recording_sid=event.recording_sid, status=event.status, params=dict(event.params),
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
-        with self._write() as conn:
+        with self._write(pipelined=True) as conn:
             if "record" in self._sql:
-                inserted = conn.execute(self._sql["record"], values).first()
-            else:
-                inserted = conn.execute(self._sql["insert_event"], values).first()
-                if inserted is not None:
-                    conn.execute(self._sql["advance"], values)
+                conn.execute(self._sql["record"], values)
+            elif conn.execute(self._sql["insert_event"], values).first() is not None:
+                conn.execute(self._sql["advance"], values)
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
-        return inserted is not None
 
     def _upsert(self, conn: Connection, recording: Recording, **own: Any) -> None:
         now = _now()
@@ -159,10 +163,11 @@ class Store:
         values.update(own, sid=recording.sid, status_rank=status_rank(recording.status),
                       created_at=recording.date_created or now, first_seen_at=now, updated_at=now)
         upsert, fill_gaps = self._upsert_statements(tuple(sorted(own)))
-        if conn.execute(upsert, values).first() is None:
-            # An older snapshot than the stored one (the API lagging behind a callback): it
-            # only fills gaps. The upsert has locked the row, so nothing moves in between.
-            conn.execute(fill_gaps, {f"b_{k}": v for k, v in values.items()})
+        conn.execute(upsert, values)
+        # Changes a row only where the upsert did not: an older snapshot than the stored one
+        # (the API lagging behind a callback) only fills gaps. The upsert has locked the row,
+        # so nothing moves in between; neither needs the other's result, so both can be pipelined.
+        conn.execute(fill_gaps, {f"b_{k}": v for k, v in values.items()})
 
     def _upsert_statements(self, own: tuple[str, ...]) -> tuple[sa.Insert, sa.Update]:
         # Built once per set of extra columns and executed with parameters: building these
@@ -181,7 +186,7 @@ class Store:
         update.update({name: new[name] for name in own})
         upsert = stmt.on_conflict_do_update(
             index_elements=[R.c.sid], set_=update, where=new.status_rank >= R.c.status_rank,
-        ).returning(R.c.sid)
+        )
 
         def bound(name: str) -> sa.BindParameter:
             return sa.bindparam(f"b_{name}", type_=R.c[name].type)
@@ -190,7 +195,9 @@ class Store:
         fill["created_at"] = sa.func.coalesce(R.c.date_created, bound("date_created"), R.c.created_at)
         fill["updated_at"] = bound("updated_at")
         fill.update({name: bound(name) for name in own})
-        fill_gaps = sa.update(R).where(R.c.sid == bound("sid")).values(fill)
+        # After the upsert the stored rank is above the snapshot's exactly when the upsert
+        # left the row alone (status_rank is never NULL).
+        fill_gaps = sa.update(R).where(R.c.sid == bound("sid"), R.c.status_rank > bound("status_rank")).values(fill)
         self._upserts[own] = (upsert, fill_gaps)
         return self._upserts[own]
 
@@ -221,16 +228,16 @@ class Store:
 
         statements = {"insert_event": insert_event, "advance": advance(self._insert(R).values(bind(*seen)))}
         if self.engine.dialect.name == "postgresql":
-            # Both in one statement and round trip: the recording is advanced only when the
-            # event's insert returned a row. (SQLite has no INSERT inside WITH.)
+            # Both in one statement, returning no rows (so it can be pipelined): the recording
+            # is advanced only when the event's insert returned a row. (SQLite has no INSERT
+            # inside WITH.)
             event = insert_event.cte("event")
             source = sa.select(*bind(*seen).values()).select_from(event)
-            advanced = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
-            statements["record"] = sa.select(event.c.id).add_cte(advanced.cte("advanced"))
+            statements["record"] = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
         return statements
 
     def note_attempt(self, sid: str, error: str | None) -> None:
-        with self._write() as conn:
+        with self._write(pipelined=True) as conn:
             conn.execute(
                 sa.update(R).where(R.c.sid == sid).values(attempts=R.c.attempts + 1, last_error=error, updated_at=_now())
             )
