@@ -66,6 +66,10 @@ class TcpProxy:
             except OSError:
                 client.close()
                 continue
+            for s in (client, server):
+                # As PgBouncer does: with Nagle's algorithm, each statement of a pipelined
+                # transaction that the proxy forwards waits for a delayed ACK (40 ms).
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.update((client, server))
             for a, b in ((client, server), (server, client)):
