@@ -214,6 +214,21 @@ def test_record_event_is_idempotent(store):
     ]
 
 
+def test_record_event_is_one_transaction(store):
+    # The event and its metadata commit together or not at all: a metadata write that fails in
+    # the client (a value JSON cannot hold) or in the database (longer than its column; SQLite
+    # does not check lengths) leaves no history row behind for the retry to skip.
+    failures = [full_recording(extra={"unserialisable": object()})]
+    if store.engine.dialect.name == "postgresql":
+        failures.append(full_recording(price_unit="X" * 17))
+    for metadata in failures:
+        with pytest.raises((sa.exc.StatementError, TypeError)):
+            store.record_event(event("rec-1", "completed"), metadata=metadata)
+        assert rows(store, "recording_events") == [] and rows(store, "recordings") == []
+    store.record_event(event("rec-1", "completed"), metadata=full_recording())
+    assert len(rows(store, "recording_events")) == 1 and store.get("rec-1")["price_unit"] == "USD"
+
+
 def test_callback_for_a_recording_we_did_not_start_creates_it(store):
     received = datetime(2026, 3, 1, 9, 30, tzinfo=PLUS2)
     ev = event("rec-9", "in-progress", conference_sid="conf-9", received_at=received, start_time=T0)
