@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 
 from service.config import load_settings
+from service.redis_server import EmbeddedRedis, free_port
 from service.services import queue_for
 from service.store import Store
 from tests.e2e import wait_for
@@ -219,3 +221,33 @@ def test_a_sigterm_during_start_up_still_exits_0(workers, redis_conn):
              what="the worker's first beat")
     os.killpg(proc.pid, signal.SIGTERM)  # most likely before RQ's own handlers are installed
     assert proc.wait(30) == 0
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it(worker_env, tmp_path):
+    # RQ's worker quits when Redis vanishes mid-job, and is restarted into the same outage.
+    # Exiting again would be a crash loop, which Heroku restarts only after growing pauses.
+    server = EmbeddedRedis()  # its port, nothing listening yet
+    env = dict(worker_env, REDIS_URL=server.url)
+    workers = Workers(env, tmp_path)
+    proc = workers.start()
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, "the worker exited instead of waiting for Redis"
+        server.start()
+        conn = redis.Redis.from_url(server.url)
+        job = queue_for(load_settings(env), conn).enqueue("tests.jobs_for_tests.quick")
+        wait_for(lambda: runs(conn, job.id) == 1, 20, interval=0.1, what="the job, once Redis answers")
+        conn.close()
+        assert workers.stop_all() == [0]
+    finally:
+        workers.stop_all()
+        server.stop()
+
+
+def test_a_sigterm_while_waiting_for_redis_exits_0(worker_env, tmp_path):
+    workers = Workers(dict(worker_env, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0"), tmp_path)
+    proc = workers.start()
+    wait_for(lambda: "redis unreachable" in (tmp_path / "worker0.log").read_text(errors="replace"), 20,
+             interval=0.05, what="the worker to wait for Redis")
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(10) == 0

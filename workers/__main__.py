@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 
+import redis
 from rq import SimpleWorker
 
 from service.config import ConfigError, load_settings
@@ -48,18 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
     connection = redis_connection(settings.redis_url, socket_timeout=None)
     queue = queue_for(settings, connection)
-    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer, worker_ttl=WORKER_TTL,
-                          maintenance_interval=MAINTENANCE_INTERVAL)
+    stopping = threading.Event()
+    worker: SimpleWorker | None = None
 
     def stop_during_startup(signum, frame):
         # RQ installs its own handlers only after registering and starting the scheduler; a
-        # SIGTERM before that would kill the process with no clean exit. The work loop checks
-        # this flag before its first dequeue.
-        log.info("worker %s: stop requested during start-up", worker.name)
-        worker._stop_requested = True
+        # SIGTERM before that would kill the process with no clean exit. The wait for Redis
+        # and the work loop (before its first dequeue) check these flags.
+        log.info("worker: stop requested during start-up")
+        stopping.set()
+        if worker is not None:
+            worker._stop_requested = True
 
     signal.signal(signal.SIGTERM, stop_during_startup)
     signal.signal(signal.SIGINT, stop_during_startup)
+    if not wait_for_redis(connection, stopping):
+        return 0
+    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer, worker_ttl=WORKER_TTL,
+                          maintenance_interval=MAINTENANCE_INTERVAL)
+    worker._stop_requested = stopping.is_set()
     housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
     try:
@@ -67,6 +76,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         housekeeping.stop()
     return 0
+
+
+def wait_for_redis(connection: redis.Redis, stopping: threading.Event, longest_wait: float = 5.0) -> bool:
+    """True once Redis answers; False when asked to stop first.
+
+    RQ's worker needs Redis from its first line, and a worker that quits when Redis vanishes
+    mid-job is restarted into the same outage. Exiting again would make a crash loop, which
+    Heroku answers with ever longer cool-off periods before the next restart: this waits instead.
+    """
+    delay = 0.25
+    while not stopping.is_set():
+        try:
+            connection.ping()
+            return True
+        except redis.RedisError as exc:
+            log.warning("redis unreachable (%s); the worker starts when it answers", type(exc).__name__)
+            stopping.wait(delay)
+            delay = min(delay * 2, longest_wait)
+    return False
 
 
 if __name__ == "__main__":
