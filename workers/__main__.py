@@ -4,6 +4,8 @@ An RQ worker with its scheduler (so that retries fire) on the project's queue. I
 in-process (SimpleWorker): no fork per job, so connection pools stay warm and safe to use,
 and no work horse in a process group of its own (RQ's horse calls setpgrp) to outlive us.
 
+Started while Redis is unreachable, it waits for Redis instead of exiting (wait_for_redis).
+
 Next to the work loop, daemon threads do the housekeeping (workers.housekeeping): the
 liveness beat, the inbox drain, crash recovery of dead workers' jobs (workers.recovery) and
 the reconciliation sweep.
