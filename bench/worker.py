@@ -33,7 +33,7 @@ def drain(env: dict, cls: str, log_file) -> int:
     out = subprocess.run([sys.executable, "-m", "bench.worker_proc", cls], env=env, cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=log_file, text=True, timeout=600)
     line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT "))
-    return int(line.split()[3])  # failed jobs
+    return int(line.split()[1])  # failed jobs
 
 
 def block_rate(queue, ids: list[str]) -> float:
