@@ -87,10 +87,10 @@ class Store:
         self.engine = sa.create_engine(self.url, **engine_kwargs)
         if backend == "sqlite":
             _sqlite_setup(self.engine)
-        self._insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self._postgres = self.engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgres else sqlite.insert
         self._upserts: dict[tuple[str, ...], tuple[sa.Insert, sa.Update]] = {}
         self._sql = self._event_statements()
-        self._pipelines = self.engine.dialect.name == "postgresql"
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ class Store:
         """
         with self.engine.connect() as conn:
             conn.execution_options(store_write=True)
-            pipeline = conn.connection.driver_connection.pipeline() if pipelined and self._pipelines else nullcontext()
+            pipeline = conn.connection.driver_connection.pipeline() if pipelined and self._postgres else nullcontext()
             with pipeline, conn.begin():
                 yield conn
 
@@ -150,7 +150,7 @@ class Store:
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
         with self._write(pipelined=True) as conn:
-            if "record" in self._sql:
+            if self._postgres:
                 conn.execute(self._sql["record"], values)
             elif conn.execute(self._sql["insert_event"], values).first() is not None:
                 conn.execute(self._sql["advance"], values)
@@ -227,7 +227,7 @@ class Store:
             )
 
         statements = {"insert_event": insert_event, "advance": advance(self._insert(R).values(bind(*seen)))}
-        if self.engine.dialect.name == "postgresql":
+        if self._postgres:
             # Both in one statement, returning no rows (so it can be pipelined): the recording
             # is advanced only when the event's insert returned a row. (SQLite has no INSERT
             # inside WITH.)
