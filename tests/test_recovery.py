@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -23,6 +24,7 @@ from service.services import queue_for
 from service.store import Store
 from tests.e2e import wait_for
 from workers import recovery
+from workers.__main__ import StartupStop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -251,3 +253,29 @@ def test_a_sigterm_while_waiting_for_redis_exits_0(worker_env, tmp_path):
              interval=0.05, what="the worker to wait for Redis")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 0
+
+
+def test_the_start_up_stop_handler_ends_a_forked_child_as_the_default_would():
+    # RQ forks its scheduler process before it installs its own handlers. A SIGTERM that our
+    # inherited handler swallowed there left the scheduler running, and the worker's warm
+    # shutdown waiting on it until a second signal (seen once in CI: 30 s, then a cold shutdown).
+    stop = StartupStop()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            finally:
+                os._exit(7)  # reached only if the signal was swallowed
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert not stop.requested.is_set()
+
+    # In the worker's own process it only asks for a clean stop.
+    stop.worker = SimpleNamespace(_stop_requested=False)  # the one attribute it sets
+    stop(signal.SIGTERM, None)
+    assert stop.requested.is_set() and stop.worker._stop_requested is True

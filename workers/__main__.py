@@ -19,6 +19,7 @@ recovered by another worker within seconds (workers.recovery).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -52,25 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
     connection = redis_connection(settings.redis_url, socket_timeout=None)
     queue = queue_for(settings, connection)
-    stopping = threading.Event()
-    worker: SimpleWorker | None = None
-
-    def stop_during_startup(signum, frame):
-        # RQ installs its own handlers only after registering and starting the scheduler; a
-        # SIGTERM before that would kill the process with no clean exit. The wait for Redis
-        # and the work loop (before its first dequeue) check these flags.
-        log.info("worker: stop requested during start-up")
-        stopping.set()
-        if worker is not None:
-            worker._stop_requested = True
-
-    signal.signal(signal.SIGTERM, stop_during_startup)
-    signal.signal(signal.SIGINT, stop_during_startup)
-    if not wait_for_redis(connection, stopping):
+    stop = StartupStop()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if not wait_for_redis(connection, stop.requested):
         return 0
-    worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer, worker_ttl=WORKER_TTL,
-                          maintenance_interval=MAINTENANCE_INTERVAL)
-    worker._stop_requested = stopping.is_set()
+    worker = stop.worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer,
+                                        worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
+    worker._stop_requested = stop.requested.is_set()
     housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
     try:
@@ -78,6 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         housekeeping.stop()
     return 0
+
+
+class StartupStop:
+    """The SIGTERM/SIGINT handler until RQ installs its own, after registering the worker and
+    starting its scheduler process: without it a stop in between would kill the process with
+    no clean exit. The wait for Redis and RQ's work loop (before its first dequeue) check the
+    flags it sets."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.worker: SimpleWorker | None = None
+        self._pid = os.getpid()
+
+    def __call__(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            # Inherited by RQ's scheduler process, forked before it installs its own handlers.
+            # Swallowed here, the signal would leave it running and the worker's warm shutdown
+            # waiting for it: end it as the default handler would.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        log.info("worker: stop requested during start-up")
+        self.requested.set()
+        if self.worker is not None:
+            self.worker._stop_requested = True
 
 
 def wait_for_redis(connection: redis.Redis, stopping: threading.Event, longest_wait: float = 5.0) -> bool:
