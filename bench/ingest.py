@@ -4,6 +4,10 @@ both under the same gunicorn configuration, loaded with signed, unique callbacks
 python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...] [--floor]
 
 --floor adds bench/floor_app.py (the webhook without its hand-off to Redis) as a third app.
+
+Where /proc is readable (Linux), each load also reports the CPU time the gunicorn workers and
+Redis spent per request, and the workers' voluntary context switches per request: steadier
+than req/s on a noisy machine, and they show where a callback's time goes.
 """
 
 from __future__ import annotations
@@ -64,6 +68,31 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _usage(pids: list[int]) -> tuple[float, int] | None:
+    """(user + system CPU seconds, voluntary context switches) summed over pids and their threads."""
+    cpu, switches = 0.0, 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            for status in Path(f"/proc/{pid}/task").glob("*/status"):
+                try:
+                    line = next(l for l in status.read_text().splitlines() if l.startswith("voluntary_ctxt_switches"))
+                except (OSError, StopIteration):  # a thread that ended meanwhile
+                    continue
+                switches += int(line.split()[1])
+    except OSError:
+        return None
+    return cpu, switches
+
+
 def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
     lines = []
     base = f"http://127.0.0.1:{port}"
@@ -74,7 +103,20 @@ def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
     return lines
 
 
-def load(port: int, bodies: Path, lines, connections: int, duration: float) -> dict:
+def load(port: int, bodies: Path, lines, connections: int, duration: float,
+         workers: list[int] = (), redis_pid: int | None = None) -> dict:
+    before = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
+    r = _load(port, bodies, lines, connections, duration)
+    after = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
+    if workers and None not in before + after and r["requests"]:
+        per_req = 1e6 / r["requests"]
+        r["web_cpu_us"] = (after[0][0] - before[0][0]) * per_req
+        r["web_switches"] = (after[0][1] - before[0][1]) / r["requests"]
+        r["redis_cpu_us"] = (after[1][0] - before[1][0]) * per_req
+    return r
+
+
+def _load(port: int, bodies: Path, lines, connections: int, duration: float) -> dict:
     if WRK:
         threads = 2
         out = subprocess.run(
@@ -99,6 +141,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                      "configs": {}}
     with workdir() as tmp, EmbeddedRedis() as rs:
         client = redis.Redis.from_url(rs.url)
+        redis_pid = client.info("server")["process_id"]
         db_url = f"sqlite:///{tmp / 'ingest.sqlite3'}"
         from service.store import Store
 
@@ -108,28 +151,34 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
         log_file = open(tmp / "gunicorn.log", "ab")
         for name in configs:
             env_extra, extra = CONFIGS[name]
-            bare_port, real_port = free_port(), free_port()
+            real_port = free_port()
             env = service_env(rs.url, db_url, "http://127.0.0.1:9", real_port, **env_extra)
             bodies = tmp / f"bodies-{real_port}.txt"
             lines = write_bodies(bodies, real_port, 80_000)
-            log(f"ingest {name}: starting gunicorn (bare :{bare_port}, webhook :{real_port})")
-            bare = gunicorn("bench.bare_app:app", bare_port, env, extra, log_file)
-            real = gunicorn("service:create_app()", real_port, env, extra, log_file)
-            floor_port = free_port() if floor else None
-            floor_proc = gunicorn("bench.floor_app:app", floor_port, env, extra, log_file) if floor else None
+            apps = {"bare": "bench.bare_app:app", "webhook": "service:create_app()"}
+            if floor:
+                apps["floor"] = "bench.floor_app:app"
+            ports = {kind: real_port if kind == "webhook" else free_port() for kind in apps}
+            log(f"ingest {name}: starting gunicorn ({', '.join(f'{k} :{v}' for k, v in ports.items())})")
+            procs = {}
             try:
-                for port in (bare_port, real_port, floor_port):  # warm-up
-                    if port:
-                        load(port, bodies, lines, 16, 1)
+                for kind, app in apps.items():
+                    procs[kind] = gunicorn(app, ports[kind], env, extra, log_file)
+
+                def measure(kind: str, c: int, seconds: float) -> dict:
+                    return load(ports[kind], bodies, lines, c, seconds, _children(procs[kind].pid), redis_pid)
+
+                for kind in apps:  # warm-up
+                    measure(kind, 16, 1)
                 client.flushall()
                 runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": [], "floor": []} for c in connections}
                 for rep in range(repeats):
                     for c in connections:
                         if floor:
-                            f = load(floor_port, bodies, lines, c, duration)
+                            f = measure("floor", c, duration)
                             runs[c]["floor"].append(f)
-                        b = load(bare_port, bodies, lines, c, duration)
-                        w = load(real_port, bodies, lines, c, duration)
+                        b = measure("bare", c, duration)
+                        w = measure("webhook", c, duration)
                         queued = client.llen("rq:queue:recordings")
                         client.flushall()  # fresh dedupe keys: the next run's callbacks are new again
                         runs[c]["bare"].append(b)
@@ -155,11 +204,13 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                     if floor:
                         summary[c]["floor_rps"] = median(x["rps"] for x in r["floor"])
                         summary[c]["floor_ratio"] = median(f["rps"] / b["rps"] for f, b in zip(r["floor"], r["bare"]))
+                    for kind in apps:
+                        for key in ("web_cpu_us", "redis_cpu_us", "web_switches"):
+                            summary[c][f"{kind}_{key}"] = median(x.get(key) for x in r[kind])
                 results["configs"][name] = {"summary": summary, "runs": runs}
             finally:
-                for proc in (bare, real, floor_proc):
-                    if proc:
-                        stop(proc)
+                for proc in procs.values():
+                    stop(proc)
         log_file.close()
     return results
 
@@ -179,8 +230,19 @@ def table(results: dict) -> str:
             if "floor_rps" in s:
                 rows.append(f"| {name}, webhook without the hand-off (bench/floor_app.py) | {c} | | | {fmt(s['floor_rps'], 0)} | | "
                             f"{fmt(s['floor_ratio'], 2)}x | |")
-    return (f"### Ingest ({results['tool']}, {results['duration_s']} s x {results['repeats']} runs, medians)\n\n"
+    cpu = ["| gunicorn config | conns | app | web workers' CPU µs/request | Redis CPU µs/request | voluntary switches/request |",
+           "|---|---|---|---|---|---|"]
+    for name, r in results["configs"].items():
+        for c, s in r["summary"].items():
+            for kind in ("bare", "floor", "webhook"):
+                if s.get(f"{kind}_web_cpu_us") is not None:
+                    cpu.append(f"| {name} | {c} | {kind} | {fmt(s[f'{kind}_web_cpu_us'], 0)} | "
+                               f"{fmt(s[f'{kind}_redis_cpu_us'], 0)} | {fmt(s[f'{kind}_web_switches'], 1)} |")
+    text = (f"### Ingest ({results['tool']}, {results['duration_s']} s x {results['repeats']} runs, medians)\n\n"
             + "\n".join(rows))
+    if len(cpu) > 2:
+        text += "\n\nWhere each request's CPU went (from /proc, medians):\n\n" + "\n".join(cpu)
+    return text
 
 
 def main(argv=None) -> None:
