@@ -246,3 +246,19 @@ def test_json_body_signed_through_body_sha256(client, key, project_id, queue):
     tampered = body.replace(b"completed", b"absent")
     assert client.post(f"{PATH}?{query}", data=tampered, headers=headers).status_code == 403
     assert queue.count == 1
+
+
+def test_a_get_callbacks_signature_authenticates_no_body(client, key, project_id, queue):
+    """A GET callback's signature covers its URL alone; replayed with a body, the body must not count."""
+    genuine = callback_params(project_id, RecordingStatus="in-progress")
+    query = urlencode(genuine)
+    headers = {"X-SignalWire-Signature": compute_signature(key, f"{PUBLIC_BASE_URL}{PATH}?{query}")}
+    forged = callback_params(project_id, RecordingStatus="completed")
+
+    as_json = client.post(f"{PATH}?{query}", json=forged, headers=headers)
+    assert as_json.status_code == 403 and "bodySHA256" in as_json.get_json()["error"]["message"]
+    assert client.post(f"{PATH}?{query}", data=forged, headers=headers).status_code == 403
+    assert queue.count == 0
+    # HEAD is answered like GET: from the signed query, whatever body comes with it.
+    assert client.open(f"{PATH}?{query}", method="HEAD", data=forged, headers=headers).status_code == 204
+    assert [job.args[0]["recording_sid"] for job in queue.jobs] == [genuine["RecordingSid"]]

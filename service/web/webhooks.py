@@ -30,30 +30,37 @@ def _signed_url(settings) -> str:
     return f"{url}?{query}" if query else url
 
 
-def _check_signature(settings) -> None:
-    if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
-        return
-    signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
-    if not signature:
-        raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
-    # The raw body matters only for a JSON body signed through ?bodySHA256=;
-    # read it before the form parser consumes the stream.
+def _signed_parameters(settings) -> MultiDict:
+    """The callback's parameters, taken only from what its signature covers.
+
+    GET (and HEAD): the query string, which is part of the signed URL. POST: the form fields,
+    which are signed one by one; or, with ?bodySHA256= in the signed URL, the raw body whose
+    hash that is (form or JSON). A JSON body without it is covered by nothing and is refused.
+    """
+    unsigned_ok = settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys
+    # Read before the form parser consumes the stream: only the raw bytes can be hashed.
     raw_body = request.get_data(cache=True) if b"bodySHA256" in request.query_string else None
-    params = list(request.form.items(multi=True)) if request.method == "POST" else None
-    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(settings), params, raw_body):
-        raise ApiError(403, "invalid signature")
-
-
-def _parameters() -> MultiDict:
-    """Form fields for a POST, the query for a GET; a JSON object body is accepted too."""
-    if request.method == "GET":
-        return request.args
-    if request.is_json:
+    if request.method in ("GET", "HEAD"):
+        params, signed_form = request.args, None
+    elif request.is_json:
+        if raw_body is None and not unsigned_ok:
+            raise ApiError(403, "invalid signature: a JSON body is signed only through bodySHA256 in the URL")
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             raise ApiError(400, "callback body must be a form or a JSON object")
-        return MultiDict({str(k): "" if v is None else str(v) for k, v in body.items()})
-    return request.form
+        params = MultiDict({str(k): "" if v is None else str(v) for k, v in body.items()})
+        signed_form = None
+    else:
+        params = request.form
+        signed_form = None if raw_body is not None else list(params.items(multi=True))
+    if unsigned_ok:
+        return params
+    signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
+    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(settings), signed_form, raw_body):
+        raise ApiError(403, "invalid signature")
+    return params
 
 
 @bp.route("/recording-status", methods=["GET", "POST"])
@@ -61,10 +68,8 @@ def recording_status():
     settings = current_app.config["SETTINGS"]
     # Bound the body before anything reads it (werkzeug answers 413 past this).
     request.max_content_length = settings.max_callback_bytes
-    _check_signature(settings)
-
     # SignalWire sends each parameter once; of a repeated one the first counts.
-    params = _parameters().to_dict()
+    params = _signed_parameters(settings).to_dict()
     try:
         data = callback_schema.load(params)
     except ValidationError as exc:
