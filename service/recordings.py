@@ -94,7 +94,10 @@ def parse_time(value: Any) -> datetime | None:
                 return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+    try:
+        return parsed.astimezone(timezone.utc)
+    except OverflowError:  # year 1 ahead of UTC, or 9999 behind it: no UTC time exists
+        return None
 
 
 def format_time(value: datetime | None) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, strategies as st
@@ -19,6 +19,12 @@ def test_parsers_never_raise(value):
     assert parse_text(value) is None or isinstance(parse_text(value), str)
     parsed = parse_time(value)
     assert parsed is None or parsed.tzinfo is not None
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-01:00",
+                                   datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-1)))])
+def test_times_with_no_utc_equivalent_parse_to_none(value):
+    assert parse_time(value) is None
 
 
 @pytest.mark.parametrize("value, expected", [("94", 94), (94, 94), (94.0, 94), ("", None), (None, None),

@@ -150,10 +150,12 @@ def test_other_project_is_forbidden(client, key, project_id, queue):
 
 def test_any_status_and_lenient_numbers_are_accepted(client, key, project_id, queue):
     params = callback_params(project_id, RecordingStatus="failed", RecordingDuration="", RecordingChannels="two",
-                             ErrorCode="16102", RecordingTrack="both", Extra="kept")
+                             ErrorCode="16102", RecordingTrack="both", Extra="kept",
+                             RecordingStartTime="0001-01-01T00:00:00+05:00")  # no UTC equivalent
     assert post(client, key, params).status_code == 204
     payload = queue.jobs[0].args[0]
     assert payload["status"] == "failed" and payload["duration"] is None and payload["channels"] is None
+    assert payload["start_time"] is None
     assert payload["error_code"] == "16102" and payload["params"]["Extra"] == "kept"
 
 
