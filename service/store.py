@@ -358,9 +358,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         when = datetime.fromisoformat(created_at)
         if when.tzinfo is None:
             raise ValueError
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        return when.astimezone(timezone.utc), sid
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError) as exc:
         raise ValueError("malformed cursor") from exc
-    return when.astimezone(timezone.utc), sid
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:

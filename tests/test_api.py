@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import datetime, timezone
 
@@ -150,10 +151,14 @@ def test_list_filters_and_cursor(client, auth):
 
 
 NUL_CURSOR = encode_cursor(datetime(2026, 1, 1, tzinfo=timezone.utc), "a\x00b")
+# Times with no UTC equivalent: year 1 ahead of UTC, year 9999 behind it.
+YEAR_1_CURSOR = base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+05:00","x"]').decode()
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "created_after=yesterday", "cursor=%%%", "colour=blue",
-                                   "status=a%00b", "call_sid=CA1%0A", f"cursor={NUL_CURSOR}"])
+                                   "status=a%00b", "call_sid=CA1%0A", f"cursor={NUL_CURSOR}",
+                                   "created_after=0001-01-01T00:00:00%2B05:00",
+                                   "created_before=9999-12-31T23:59:59-01:00", f"cursor={YEAR_1_CURSOR}"])
 def test_bad_list_queries_are_422(client, auth, query):
     response = client.get(f"/api/recordings?{query}", headers=auth)
     assert response.status_code == 422

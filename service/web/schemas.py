@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timezone
+
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
@@ -32,14 +34,24 @@ class StartRecordingSchema(Schema):
             raise ValidationError("events must not repeat", "events")
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 time with its offset, in UTC; one with no UTC equivalent is out of range."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return super()._deserialize(value, attr, data, **kwargs).astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("is out of range once converted to UTC")
+
+
 class ListRecordingsSchema(Schema):
     class Meta:
         unknown = RAISE
 
     call_sid = fields.String(validate=SID)
     status = fields.String(validate=STATUS)
-    created_after = fields.AwareDateTime(default_timezone=None)
-    created_before = fields.AwareDateTime(default_timezone=None)
+    created_after = UtcDateTime()
+    created_before = UtcDateTime()
     cursor = fields.String(validate=validate.Length(max=512))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
