@@ -9,6 +9,7 @@ either as an RQ job or as an inbox row.
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import json
 import logging
@@ -74,9 +75,20 @@ class Unavailable(Exception):
     """Neither Redis nor the database could take the event: the sender must retry."""
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9-]+")
+
+
 def job_id_for(event: CallbackEvent) -> str:
-    # RQ job ids allow letters, digits, '_' and '-' only.
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"cb_{event.recording_sid}_{event.status}")[:200]
+    """One job id per dedupe key, and never the same for two: a shared id would make the
+    second callback look like a duplicate and drop it.
+
+    RQ job ids allow letters, digits, '_' and '-' only. SignalWire's sids and statuses fit
+    (readable `cb_<sid>_<status>`, one '_' apart); anything else is hashed, under a prefix
+    (`cb__`) the readable form cannot start with, as the sid is never empty.
+    """
+    if _PLAIN.fullmatch(event.recording_sid) and _PLAIN.fullmatch(event.status):
+        return f"cb_{event.recording_sid}_{event.status}"
+    return "cb__" + hashlib.sha256(event.dedupe_key.encode()).hexdigest()
 
 
 def jittered_intervals() -> list[int]:

@@ -72,6 +72,18 @@ def test_duplicate_enqueue(redis_conn):
     assert queue.count == 1
 
 
+def test_distinct_callbacks_never_share_a_job(redis_conn):
+    """Callbacks that differ only where RQ's id alphabet cannot follow (or in where the sid
+    ends and the status begins) are each queued: a shared job id would drop the second."""
+    queue = queue_for(SETTINGS, redis_conn)
+    ingest = Ingest(queue, store=None, dedupe_ttl=60)
+    events = [CallbackEvent(recording_sid=sid, account_sid="a", status=status)
+              for sid, status in (("r1", "a b"), ("r1", "a_b"), ("r1", "a.b"), ("r1_a", "b"), ("r1", "completed"))]
+    assert ingest.enqueue_many(events) == [True] * len(events)
+    assert len(set(queue.job_ids)) == len(events)
+    assert job_id_for(events[-1]) == "cb_r1_completed"  # SignalWire's own sids and statuses stay readable
+
+
 def test_batch_queues_each_event_once_in_order(redis_conn):
     queue = queue_for(SETTINGS, redis_conn)
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
