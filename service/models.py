@@ -14,8 +14,11 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Statuses of rank >= this are terminal (see service.recordings: completed/absent/failed
-# rank 3, deleted 4, unknown statuses rank 1). Used by the partial index for the sweep.
+# rank 3, deleted 4, unknown statuses rank 1).
 TERMINAL_RANK = 3
+# What the reconciliation sweep still has to fetch (Store.unfinished), as its partial index
+# ix_recordings_unfinished is defined: not terminal, or no metadata fetched for its status.
+UNFINISHED = sa.text(f"(status_rank < {TERMINAL_RANK} OR last_fetched_at IS NULL)")
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -94,12 +97,7 @@ class RecordingRow(Base):
         sa.Index("ix_recordings_call_created", "call_sid", "created_at", "sid"),
         sa.Index("ix_recordings_status_created", "status", "created_at", "sid"),
         # Small index for the reconciliation sweep: only unfinished rows are in it.
-        sa.Index(
-            "ix_recordings_unfinished",
-            "first_seen_at",
-            postgresql_where=sa.text(f"status_rank < {TERMINAL_RANK}"),
-            sqlite_where=sa.text(f"status_rank < {TERMINAL_RANK}"),
-        ),
+        sa.Index("ix_recordings_unfinished", "first_seen_at", postgresql_where=UNFINISHED, sqlite_where=UNFINISHED),
     )
 
 

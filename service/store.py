@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from service.models import TERMINAL_RANK, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
+from service.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
 from service.recordings import CallbackEvent, Recording, format_time, status_rank
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -37,6 +37,23 @@ METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(Recording) if f.name 
 PUBLIC_COLUMNS = tuple(c for c in R.c if c.name != "status_rank")
 # Fields a callback carries that also describe the recording.
 EVENT_FIELDS = ("account_sid", "call_sid", "conference_sid", "channels", "duration", "source", "track", "start_time")
+# What the recordings columns can hold, for _fit().
+_TEXT_LIMITS = {c.name: c.type.length for c in R.c if isinstance(c.type, sa.String) and c.type.length}
+_INT32 = {c.name for c in R.c if type(c.type) is sa.Integer}
+
+
+def _fit(values: dict, names) -> None:
+    """A value its column cannot hold (too long, beyond 32 bits) becomes NULL.
+
+    PostgreSQL would fail the whole write, on every retry, and the callback would be lost to
+    the dead letters; the raw parameters in its history row keep the value as it came.
+    """
+    for name in names:
+        value = values.get(name)
+        if isinstance(value, str) and len(value) > _TEXT_LIMITS.get(name, len(value)):
+            values[name] = None
+        elif isinstance(value, int) and name in _INT32 and not -2**31 <= value < 2**31:
+            values[name] = None
 
 
 def _now() -> datetime:
@@ -149,6 +166,7 @@ class Store:
         values.update(recording_sid=event.recording_sid, status=event.status, params=dict(event.params),
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
+        _fit(values, EVENT_FIELDS)
         with self._write(pipelined=True) as conn:
             if self._postgres:
                 conn.execute(self._sql["record"], values)
@@ -160,6 +178,7 @@ class Store:
     def _upsert(self, conn: Connection, recording: Recording, **own: Any) -> None:
         now = _now()
         values = {name: getattr(recording, name) for name in METADATA_FIELDS}
+        _fit(values, METADATA_FIELDS)
         values.update(own, sid=recording.sid, status_rank=status_rank(recording.status),
                       created_at=recording.date_created or now, first_seen_at=now, updated_at=now)
         upsert, fill_gaps = self._upsert_statements(tuple(sorted(own)))
@@ -194,7 +213,9 @@ class Store:
         fill = {name: sa.func.coalesce(R.c[name], bound(name)) for name in (*METADATA_FIELDS, "status_rank")}
         fill["created_at"] = sa.func.coalesce(R.c.date_created, bound("date_created"), R.c.created_at)
         fill["updated_at"] = bound("updated_at")
-        fill.update({name: bound(name) for name in own})
+        # A lagging snapshot is not the metadata of the stored status: last_fetched_at stays
+        # unset, so the sweep fetches it again (see unfinished()).
+        fill.update({name: bound(name) for name in own if name not in ("last_fetched_at", "last_error")})
         # After the upsert the stored rank is above the snapshot's exactly when the upsert
         # left the row alone (status_rank is never NULL).
         fill_gaps = sa.update(R).where(R.c.sid == bound("sid"), R.c.status_rank > bound("status_rank")).values(fill)
@@ -216,14 +237,19 @@ class Store:
 
         def advance(insert: sa.Insert) -> sa.Insert:
             # A new event creates its recording or moves its status forward. Conditional, so
-            # concurrent workers cannot move the status backwards; the event's fields fill in
-            # what it carries, None keeps what is stored.
+            # concurrent workers cannot move the status backwards, and the first terminal
+            # status stays (only a metadata fetch, the source of truth, replaces it); the
+            # event's fields fill in what it carries, None keeps what is stored. A status that
+            # moves forward has no metadata fetched yet: last_fetched_at is cleared.
             new = insert.excluded
             return insert.on_conflict_do_update(
                 index_elements=[R.c.sid],
                 set_={"status": new.status, "status_rank": new.status_rank, "updated_at": new.updated_at,
+                      "last_fetched_at": sa.case((new.status_rank > R.c.status_rank, sa.null()),
+                                                 else_=R.c.last_fetched_at),
                       **{name: sa.func.coalesce(new[name], R.c[name]) for name in EVENT_FIELDS}},
-                where=R.c.status_rank <= new.status_rank,
+                where=sa.or_(R.c.status_rank < new.status_rank,
+                             sa.and_(R.c.status_rank == new.status_rank, new.status_rank < TERMINAL_RANK)),
             )
 
         statements = {"insert_event": insert_event, "advance": advance(self._insert(R).values(bind(*seen)))}
@@ -298,17 +324,18 @@ class Store:
         return [_json_ready(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
-        """Recordings for the reconciliation sweep: those whose status is not terminal (or
-        unknown) and that were first seen before `older_than`; the least tried first, then the
-        oldest, so recordings that keep failing (a 404 for good) cannot crowd out the others.
+        """Recordings for the reconciliation sweep, first seen before `older_than`: those whose
+        status is not terminal (or unknown), and those whose status has no metadata fetched
+        for it (the job's fetches all failed, or the API still lagged behind the callback).
+        The least tried first, then the oldest, so recordings that keep failing (a 404 for
+        good) cannot crowd out the others.
 
-        A terminal status is final wherever it came from (a callback or a metadata fetch), so
-        terminal recordings are never swept again. `status_rank < TERMINAL_RANK` covers "not
-        terminal or null" and matches the partial index ix_recordings_unfinished.
+        A terminal recording with its metadata is final and never swept again. The condition
+        is the partial index ix_recordings_unfinished's, which keeps that index small.
         """
         query = (
             sa.select(R.c.sid)
-            .where(R.c.status_rank < TERMINAL_RANK, R.c.first_seen_at < older_than)
+            .where(UNFINISHED, R.c.first_seen_at < older_than)
             .order_by(R.c.attempts, R.c.first_seen_at, R.c.sid)
             .limit(limit)
         )

@@ -5,12 +5,13 @@ callbacks left unfinished or never told us about.
 `sweep()` (no Flask) does two passes, one sweep at a time across all workers (a Redis lock):
 
 (a) every recording the store holds in a non-terminal (or unknown) status for longer than
-    `older_than_seconds`: fetch its metadata and store it. Errors are recorded on the
+    `older_than_seconds`, or in a terminal one with no metadata fetched for it (the job's
+    fetches failed for good, or the API still lagged): fetch its metadata and store it. Errors are recorded on the
     recording (`attempts`, `last_error`). A 404 is recorded the same way and the recording is
     left unfinished: it is retried by the next sweeps and stays visible to operators, never
     deleted or guessed terminal.
 (b) when `list_hours > 0`: list the account's recordings created in the last `list_hours`
-    hours and store every one the store does not have, or has in a non-terminal status
+    hours and store every one the store does not have, or has unfinished as in (a)
     (a `<Record>` verb whose callbacks were all dropped is found only this way).
 
 Rate limits: the client already waits out short Retry-After values (bounded by its
@@ -177,8 +178,8 @@ def _sweep_listing(store, client, report: SweepReport, keeper: _LockKeeper, crea
             report.listed += 1
             try:
                 known = store.get(recording.sid)
-                if known is not None and is_terminal(known.get("status")):
-                    continue
+                if known is not None and is_terminal(known.get("status")) and known.get("last_fetched_at"):
+                    continue  # final: terminal, with its metadata
                 store.save_metadata(recording)
             except Exception as exc:
                 _note(report, f"{recording.sid}: database error: {type(exc).__name__}")

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service.models import TERMINAL_RANK, Base
+from service.models import TERMINAL_RANK, UNFINISHED, Base, RecordingRow
 from service.recordings import _RANK, CallbackEvent, Recording, is_terminal, status_rank
 from service.store import Store, database_url as normalise_url, decode_cursor, encode_cursor
 
@@ -90,7 +90,7 @@ def test_migrations_apply_from_empty_and_match_the_models(database_url):
         assert indexes["ix_recordings_call_created"] == ["call_sid", "created_at", "sid"]
         assert indexes["ix_recordings_status_created"] == ["status", "created_at", "sid"]
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
         store.ping()
@@ -216,11 +216,11 @@ def test_record_event_is_idempotent(store):
 
 def test_record_event_is_one_transaction(store):
     # The event and its metadata commit together or not at all: a metadata write that fails in
-    # the client (a value JSON cannot hold) or in the database (longer than its column; SQLite
-    # does not check lengths) leaves no history row behind for the retry to skip.
+    # the client (a value JSON cannot hold) or in the database (JSONB refuses \u0000; SQLite
+    # takes it) leaves no history row behind for the retry to skip.
     failures = [full_recording(extra={"unserialisable": object()})]
     if store.engine.dialect.name == "postgresql":
-        failures.append(full_recording(price_unit="X" * 17))
+        failures.append(full_recording(extra={"nul": "a\x00b"}))
     for metadata in failures:
         with pytest.raises((sa.exc.StatementError, TypeError)):
             store.record_event(event("rec-1", "completed"), metadata=metadata)
@@ -262,19 +262,50 @@ def test_status_never_goes_backwards(store):
     assert got["status"] == "completed" and got["duration"] == 42
     assert [e["status"] for e in got["events"]] == ["completed", "in-progress"]
 
-    # Lagging metadata: does not downgrade, does not overwrite, only fills gaps.
+    # Lagging metadata: does not downgrade, does not overwrite, only fills gaps, and is not
+    # the metadata of the stored status (the sweep fetches again).
     store.save_metadata(full_recording(status="in-progress", duration=3, price_unit="USD"))
     got = store.get("rec-1")
     assert got["status"] == "completed" and got["duration"] == 42
     assert got["price_unit"] == "USD"
-    assert got["last_fetched_at"] is not None
+    assert got["last_fetched_at"] is None
 
     # Same rank refreshes; a higher one advances.
     store.save_metadata(full_recording(status="completed", duration=41))
-    assert store.get("rec-1")["duration"] == 41
+    assert store.get("rec-1")["duration"] == 41 and store.get("rec-1")["last_fetched_at"] is not None
     store.save_metadata(full_recording(status="deleted"))
     store.record_event(event("rec-1", "absent"))
     assert store.get("rec-1")["status"] == "deleted"
+
+
+def test_the_first_terminal_callback_stays_until_metadata_says_otherwise(store):
+    store.record_event(event("rec-1", "completed", duration=94))
+    store.record_event(event("rec-1", "absent", duration=0))  # late or stray: history keeps it
+    got = store.get("rec-1")
+    assert (got["status"], got["duration"]) == ("completed", 94)
+    assert [e["status"] for e in got["events"]] == ["completed", "absent"]
+    store.save_metadata(full_recording(status="absent", duration=0))  # the API decides
+    assert (store.get("rec-1")["status"], store.get("rec-1")["duration"]) == ("absent", 0)
+    # Live statuses of one rank still follow each other.
+    store.record_event(event("rec-2", "paused"))
+    store.record_event(event("rec-2", "resumed"))
+    assert store.get("rec-2")["status"] == "resumed"
+
+
+def test_values_the_columns_cannot_hold_are_stored_as_null(store):
+    # Accepted by the lenient callback schema; on PostgreSQL they failed every retry of the job.
+    long_text = "x" * 65
+    store.record_event(event("rec-1", "completed", duration=3_000_000_000, channels=-2**40, track=long_text,
+                             source=long_text, conference_sid=long_text, params={"RecordingTrack": long_text}))
+    got = store.get("rec-1")
+    assert (got["duration"], got["channels"], got["track"], got["source"], got["conference_sid"]) == (None,) * 5
+    assert got["events"][0]["params"]["RecordingTrack"] == long_text  # kept as it came
+    store.save_metadata(full_recording(duration=2**31, price_unit="X" * 17, status="completed", api_version="v" * 33))
+    got = store.get("rec-1")
+    assert (got["duration"], got["price_unit"], got["api_version"]) == (None, None, None)
+    assert got["status"] == "completed" and got["last_fetched_at"] is not None
+    store.save_metadata(full_recording(duration=2**31 - 1))
+    assert store.get("rec-1")["duration"] == 2**31 - 1  # the largest that fits is kept
 
 
 def test_note_attempt(store):
@@ -439,16 +470,41 @@ def test_unfinished(store):
     store.record_event(event("g-ours-done", "completed"))
     store.save_started(full_recording(sid="h-ours-live", status="stopped"), {})
 
+    # Terminal with its metadata: final.
+    store.record_event(event("i-done-fetched", "completed", received_at=old), metadata=full_recording("i-done-fetched"))
+    # Terminal, but the API still lagged when fetched: fetched again.
+    store.record_event(event("j-done-lagging", "completed", received_at=old),
+                       metadata=full_recording("j-done-lagging", status="in-progress"))
+
     found = store.unfinished(older_than=threshold)
-    assert set(found) == {"a-live", "e-no-status", "h-ours-live"}
-    assert found[0] == "a-live"  # oldest first
+    # b, d, f and g are terminal with no metadata fetched for that status (their jobs' fetches
+    # failed, or none was made): the sweep fetches them.
+    assert set(found) == {"a-live", "b-done", "d-absent", "e-no-status", "f-ours-no-callback", "g-ours-done",
+                          "h-ours-live", "j-done-lagging"}
+    assert found[0] == "d-absent"  # oldest first
     assert store.unfinished(older_than=threshold, limit=2) == found[:2]
     assert store.unfinished(older_than=old - timedelta(days=1)) == []
 
     # One that keeps failing moves behind the ones tried less, so it cannot hog the limit.
-    store.note_attempt("a-live", "sweep: HTTP 404")
-    assert store.unfinished(older_than=threshold, limit=2) == [s for s in found if s != "a-live"][:2]
-    assert store.unfinished(older_than=threshold)[-1] == "a-live"
+    store.note_attempt("d-absent", "sweep: HTTP 404")
+    assert store.unfinished(older_than=threshold, limit=2) == [s for s in found if s != "d-absent"][:2]
+    assert store.unfinished(older_than=threshold)[-1] == "d-absent"
+
+    # Once the metadata of its status is stored, a terminal recording leaves the sweep.
+    store.save_metadata(full_recording("b-done"))
+    assert "b-done" not in store.unfinished(older_than=threshold)
+
+
+def test_the_sweep_query_can_use_its_partial_index(store):
+    query = str(sa.select(RecordingRow.sid).where(UNFINISHED, RecordingRow.first_seen_at < sa.bindparam("t"))
+                .compile(store.engine, compile_kwargs={"literal_binds": False}))
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = conn.exec_driver_sql("EXPLAIN " + query.replace("%(t)s", "now()")).scalars().all()
+        else:
+            plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + query.replace("?", "'2100-01-01'"))]
+    assert any("ix_recordings_unfinished" in line for line in plan), plan
 
 
 # --- inbox -----------------------------------------------------------------------------

@@ -47,6 +47,23 @@ def test_sweep_fetches_and_stores_unfinished_recordings(store, sandbox, sw_clien
     assert not redis_conn.exists(LOCK_KEY)  # released
 
 
+def test_a_terminal_callback_whose_fetches_all_failed_is_fetched_by_the_sweep(store, sandbox, sw_client, redis_conn):
+    recording = completed_recording(sandbox, sw_client)
+    # What the job leaves when every fetch failed (a long rate limit, an outage): the
+    # callback's status, no metadata.
+    store.record_event(CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid,
+                                     status="completed", received_at=OLD))
+    store.note_attempt(recording.sid, "HTTP 429")
+    assert store.get(recording.sid)["duration"] is None
+
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+
+    assert (report.checked, report.stored, report.failed) == (1, 1, 0)
+    stored = store.get(recording.sid)
+    assert stored["duration"] == sandbox.recordings[recording.sid]["duration"] and stored["last_fetched_at"]
+    assert sweep(store, sw_client, redis_conn, older_than_seconds=600).checked == 0  # final now
+
+
 def test_a_404_is_recorded_and_the_recording_left_unfinished(store, sandbox, sw_client, redis_conn):
     ghost = Recording(sid=str(uuid.uuid4()), call_sid="call-x", status="in-progress")
     seen_in_progress(store, ghost)
