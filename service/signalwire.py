@@ -112,11 +112,20 @@ def _parse_error_body(response: requests.Response) -> tuple[int | None, str, str
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch)."""
+    """Seconds to wait, from Retry-After (seconds or HTTP date) or X-RateLimit-Reset (epoch).
+
+    At most an hour: a longer wait is a broken header, and callers turn it into an int, which
+    infinity ("1e400") cannot be. NaN is no answer, like any other unreadable value.
+    """
+
+    def seconds(wait: float) -> float | None:
+        return None if wait != wait else min(3600.0, max(0.0, wait))
+
     value = response.headers.get("Retry-After")
     if value:
         try:
-            return max(0.0, float(value))
+            if (wait := seconds(float(value))) is not None:
+                return wait
         except ValueError:
             try:
                 when = parsedate_to_datetime(value)
@@ -125,11 +134,11 @@ def _retry_after(response: requests.Response) -> float | None:
             if when is not None:
                 if when.tzinfo is None:
                     when = when.replace(tzinfo=timezone.utc)
-                return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+                return seconds((when - datetime.now(timezone.utc)).total_seconds())
     reset = response.headers.get("X-RateLimit-Reset")
     if reset and response.status_code in _ALWAYS_RETRYABLE:
         try:
-            return max(0.0, float(reset) - time.time())
+            return seconds(float(reset) - time.time())
         except ValueError:
             return None
     return None

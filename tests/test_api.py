@@ -128,6 +128,28 @@ def test_signalwire_4xx_passes_through_with_code_and_message(client, auth, sandb
     assert response.get_json()["error"]["signalwire"]["status"] == 422
 
 
+def test_signalwire_429_passes_through_with_retry_after(client, auth, sandbox):
+    sandbox.fail_next(429, retry_after=30)  # beyond the client's retry cap: not retried
+    response = start(client, auth)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "30"
+
+
+def test_signalwire_infinite_retry_after_is_capped_not_a_500(client, auth, sandbox):
+    sandbox.fail_next(429, retry_after="1e400")
+    response = start(client, auth)
+    assert response.status_code == 429 and response.headers["Retry-After"] == "3600"
+
+
+@pytest.mark.parametrize("status, shape", [(302, "object"), (405, "object"), (408, "object"), (418, "errors"),
+                                           (201, "text")])
+def test_signalwire_status_not_about_the_request_is_502_with_details(client, auth, sandbox, status, shape):
+    # A redirect (no Location), a method or timeout problem, an odd 4xx, a 2xx that is no recording.
+    sandbox.fail_next(status, shape=shape, retry_after=30)
+    response = start(client, auth)
+    assert response.status_code == 502 and "Retry-After" not in response.headers
+    assert response.get_json()["error"]["signalwire"]["status"] == status
+
+
 def test_unknown_recording_is_404_json(client, auth):
     response = client.get("/api/recordings/does-not-exist", headers=auth)
     assert response.status_code == 404

@@ -238,6 +238,22 @@ def test_x_ratelimit_reset(sandbox, sw_client_factory):
     assert 50 < info.value.retry_after <= 60
 
 
+@pytest.mark.parametrize("headers, expected", [
+    ({"Retry-After": "1e400"}, 3600),
+    ({"Retry-After": "inf"}, 3600),
+    ({"Retry-After": "86400"}, 3600),
+    ({"Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT"}, 3600),
+    ({"X-RateLimit-Reset": "1e400"}, 3600),
+    ({"Retry-After": "nan"}, None),
+])
+def test_retry_after_is_finite_and_at_most_an_hour(sandbox, sw_client_factory, headers, expected):
+    client = sw_client_factory(max_retries=0)
+    sandbox.fail_next(429, headers=headers)
+    with pytest.raises(SignalWireError) as info:
+        client.fetch_recording("any")
+    assert info.value.retry_after == expected
+
+
 def test_get_retried_on_500_up_to_max_retries(sandbox, sw_client_factory):
     client = sw_client_factory(max_retries=2)
     rec = client.create_recording("call-i", status_callback="http://127.0.0.1:9/cb")

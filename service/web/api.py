@@ -46,7 +46,11 @@ def _upstream_error(exc: SignalWireError) -> ApiError:
     if exc.status in (401, 403):
         # Our credentials were refused: a server-side misconfiguration, not the caller's fault.
         return ApiError(502, "SignalWire refused this service's credentials", signalwire=upstream)
-    headers = {"Retry-After": str(int(exc.retry_after))} if exc.retry_after else None
+    if exc.status not in (400, 404, 409, 422, 429):
+        # Only statuses about the caller's request pass through; a redirect, 405, 408 or other
+        # odd status is between this service and SignalWire, and would mislead the caller.
+        return ApiError(502, f"SignalWire answered with unexpected status {exc.status}", signalwire=upstream)
+    headers = {"Retry-After": str(int(exc.retry_after))} if exc.status == 429 and exc.retry_after else None
     return ApiError(exc.status, exc.message, headers, signalwire=upstream)
 
 
