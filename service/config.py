@@ -10,9 +10,13 @@ import dataclasses
 import os
 from pathlib import Path
 from typing import Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", Path.cwd() / "instance"))
+# Plain http sends the Basic credentials in clear text: only to a sandbox on this machine.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# URL settings that may carry a password (Heroku's REDIS_URL and DATABASE_URL do).
+PASSWORD_URLS = ("redis_url", "database_url")
 
 
 class ConfigError(Exception):
@@ -59,9 +63,33 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for log redaction."""
+        # A URL password may be logged as written (percent-encoded) or as used (decoded).
+        passwords = (urlsplit(getattr(self, name)).password for name in PASSWORD_URLS)
+        url_passwords = [form for p in passwords if p for form in (p, unquote(p))]
         return tuple(
-            s for s in (self.signalwire_api_token, self.service_api_token, *self.signalwire_signing_keys) if s
+            s for s in (self.signalwire_api_token, self.service_api_token, *self.signalwire_signing_keys,
+                        *url_passwords) if s
         )
+
+    def __repr__(self) -> str:
+        # The generated repr would show URL passwords; this one masks them.
+        shown = []
+        for field in dataclasses.fields(self):
+            if field.repr:
+                value = getattr(self, field.name)
+                if field.name in PASSWORD_URLS:
+                    value = _mask_password(value)
+                shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+
+def _mask_password(url: str) -> str:
+    """'redis://:pw@host:6379' -> 'redis://:***@host:6379'; a URL without a password is unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
 
 
 def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
@@ -110,6 +138,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     space = required("SIGNALWIRE_SPACE")
     if space and "://" in space and not _url_ok(space, ("http", "https")):
         problems.append("SIGNALWIRE_SPACE must be a host (example.signalwire.com) or an http(s) URL")
+    elif "://" in space and urlsplit(space).scheme == "http" and urlsplit(space).hostname not in LOOPBACK_HOSTS:
+        problems.append("SIGNALWIRE_SPACE must use https:// (http:// would send the API token in clear text; "
+                        "it is allowed only for a local sandbox on 127.0.0.1, localhost or ::1)")
     project_id = required("SIGNALWIRE_PROJECT_ID")
     api_token = required("SIGNALWIRE_API_TOKEN")
 
@@ -124,6 +155,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     public_base_url = required("PUBLIC_BASE_URL").rstrip("/")
     if public_base_url and not _url_ok(public_base_url, ("http", "https")):
         problems.append("PUBLIC_BASE_URL must be an http(s) URL such as https://recordings.example.com")
+    elif "?" in public_base_url or "#" in public_base_url:
+        # The callback URL is PUBLIC_BASE_URL + "/webhooks/recording-status": after a ? or a #
+        # that path would no longer be the path.
+        problems.append("PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)")
 
     service_token = required("SERVICE_API_TOKEN")
     if service_token and len(service_token) < 16:

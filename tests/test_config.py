@@ -61,3 +61,34 @@ def test_space_may_be_a_full_base_url():
     assert load_settings(dict(GOOD, SIGNALWIRE_SPACE="http://127.0.0.1:8123")).signalwire_space == "http://127.0.0.1:8123"
     with pytest.raises(ConfigError, match="SIGNALWIRE_SPACE"):
         load_settings(dict(GOOD, SIGNALWIRE_SPACE="ftp://nope"))
+
+
+def test_url_passwords_are_masked_in_repr_and_are_secrets():
+    settings = load_settings(dict(GOOD, REDIS_URL="rediss://:redis-pass-1234@redis.example.com:6380",
+                                  DATABASE_URL="postgres://u:db%40pass-5678@db.example.com:5432/d"))
+    shown = repr(settings)
+    assert "redis_url='rediss://:***@redis.example.com:6380'" in shown
+    assert "database_url='postgres://u:***@db.example.com:5432/d'" in shown
+    assert "pass-1234" not in shown and "pass-5678" not in shown
+    # The percent-encoded form is what a logged URL shows, the decoded one what a driver uses.
+    assert {"redis-pass-1234", "db%40pass-5678", "db@pass-5678"} <= set(settings.secrets)
+    sqlite = load_settings({k: v for k, v in GOOD.items() if k != "DATABASE_URL"})
+    assert f"database_url={sqlite.database_url!r}" in repr(sqlite)  # no password: shown as is
+
+
+def test_space_over_plain_http_only_on_loopback():
+    for space in ("http://127.0.0.1:8123", "http://localhost:8123", "http://[::1]:8123", "https://sw.example.com"):
+        assert load_settings(dict(GOOD, SIGNALWIRE_SPACE=space)).signalwire_space == space
+    for space in ("http://example.signalwire.com", "HTTP://example.signalwire.com", "http://10.0.0.5:8123",
+                  "http://127.0.0.1.example.com"):
+        with pytest.raises(ConfigError) as info:
+            load_settings(dict(GOOD, SIGNALWIRE_SPACE=space))
+        assert len(info.value.problems) == 1 and info.value.problems[0].startswith("SIGNALWIRE_SPACE must use https")
+
+
+@pytest.mark.parametrize("url", ["https://r.example.com/?tenant=1", "https://r.example.com/app#top",
+                                 "https://r.example.com/?"])
+def test_public_base_url_with_query_or_fragment_is_refused(url):
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, PUBLIC_BASE_URL=url))
+    assert info.value.problems == ["PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)"]

@@ -1,7 +1,9 @@
 import io
 import logging
 
+from service.config import load_settings
 from service.logs import RedactSecrets
+from tests.test_config import GOOD
 
 
 def test_secrets_are_redacted_from_messages_args_and_tracebacks():
@@ -29,3 +31,11 @@ def test_secrets_are_redacted_from_messages_args_and_tracebacks():
 def test_short_values_are_not_treated_as_secrets():
     # Redacting one- or two-letter values would garble every line.
     assert RedactSecrets(["ab", "", "longer-secret"]).secrets == ["longer-secret"]
+
+
+def test_url_passwords_from_settings_are_redacted():
+    settings = load_settings(dict(GOOD, REDIS_URL="redis://:redis-pass-1234@redis.example.com:6379"))
+    record = logging.LogRecord("tests.redaction", logging.ERROR, __file__, 1, "cannot reach %s",
+                               (settings.redis_url,), None)
+    RedactSecrets(settings.secrets).filter(record)
+    assert record.getMessage() == "cannot reach redis://:[REDACTED]@redis.example.com:6379"
