@@ -20,7 +20,6 @@ from collections import deque
 from typing import Callable, Literal
 
 import redis
-import rq
 from rq import Queue, Retry
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
 from rq.utils import now as utcnow, utcformat
@@ -31,7 +30,9 @@ log = logging.getLogger(__name__)
 
 JOB_FUNC = "workers.jobs.process_callback"
 # Backoff for transient failures (network, 429/5xx, database down, metadata lag).
-RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600)
+# Hours in all (about 6.5, and up to half as much again with jitter): a database or SignalWire
+# outage that long still ends with the callback stored, not in the dead letters.
+RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3600, 3600, 3600, 3600, 3600)
 RESULT_TTL = 600
 FAILURE_TTL = 7 * 24 * 3600
 
@@ -114,12 +115,15 @@ class _JobTemplate:
 
     def __init__(self, queue: Queue):
         self.serializer = queue.serializer
-        self.key = f"recording-keeper:job-template:{rq.__version__}:{queue.name}"
         job = queue.create_job(JOB_FUNC, args=({},), job_id="template", retry=retry_policy(),
                                result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="")
         queue._prepare_for_queue(job)  # origin, timeout, status
         fields = _build_hset_args(job)
         self.static = {k: v for k, v in zip(fields[::2], fields[1::2]) if k not in self.VARYING}
+        # Named by its content: a deploy that changes a field (the retry count, RQ's own
+        # fields) writes a new template instead of reading the old one.
+        digest = hashlib.sha256(json.dumps(self.static, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+        self.key = f"recording-keeper:job-template:{queue.name}:{digest}"
 
     def store(self, connection: redis.Redis) -> None:
         connection.hset(self.key, mapping=self.static)

@@ -61,6 +61,27 @@ def test_template_is_rewritten_when_redis_lost_it(redis_conn):
     assert job.func_name == JOB_FUNC and job.origin == queue.name
 
 
+def test_a_changed_template_is_written_afresh_not_read_from_redis(redis_conn, monkeypatch):
+    """A deploy that changes the jobs' shared fields (here the retry count) must not enqueue
+    with the template an older release left in Redis."""
+    queue = queue_for(SETTINGS, redis_conn)
+    old = CallbackEvent(recording_sid="r1", account_sid="a", status="completed")
+    assert Ingest(queue, store=None, dedupe_ttl=60).enqueue(old)
+    monkeypatch.setattr("service.ingest.RETRY_INTERVALS", (1, 2))
+    new = CallbackEvent(recording_sid="r2", account_sid="a", status="completed")
+    assert Ingest(queue, store=None, dedupe_ttl=60).enqueue(new)
+    fetch = lambda event: Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)  # noqa: E731
+    assert fetch(old).retries_left == len(RETRY_INTERVALS)
+    assert fetch(new).retries_left == 2 and len(fetch(new).retry_intervals) == 2
+
+
+def test_jobs_keep_retrying_through_an_outage_of_hours():
+    # The dead letters need an operator; an outage of the database or of SignalWire shorter
+    # than this must end with every accepted callback stored by its own retries.
+    assert sum(RETRY_INTERVALS) >= 6 * 3600
+    assert max(RETRY_INTERVALS) <= 3600  # and once it is over, stored within the hour
+
+
 def test_duplicate_enqueue(redis_conn):
     queue = queue_for(SETTINGS, redis_conn)
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
