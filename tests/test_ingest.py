@@ -75,6 +75,15 @@ def test_a_changed_template_is_written_afresh_not_read_from_redis(redis_conn, mo
     assert fetch(new).retries_left == 2 and len(fetch(new).retry_intervals) == 2
 
 
+def test_jobs_do_not_share_one_retry_schedule(redis_conn):
+    # A burst of failures (a rate limit) must not come back as one burst.
+    queue = queue_for(SETTINGS, redis_conn)
+    events = [CallbackEvent(recording_sid=f"r{i}", account_sid="a", status="completed") for i in range(20)]
+    Ingest(queue, store=None, dedupe_ttl=60).enqueue_many(events)
+    schedules = {redis_conn.hget(Job.key_for(job_id_for(event)), "retry_intervals") for event in events}
+    assert len(schedules) > 10
+
+
 def test_jobs_keep_retrying_through_an_outage_of_hours():
     # The dead letters need an operator; an outage of the database or of SignalWire shorter
     # than this must end with every accepted callback stored by its own retries.
