@@ -90,8 +90,9 @@ def verify_signature(
         if not usable or not isinstance(signature, str) or not signature or not isinstance(url, str):
             return False
         pairs = _pairs(params)
-        body_hash = parse_qs(urlsplit(url).query).get("bodySHA256") if "bodySHA256" in url else None
-        if body_hash:
+        # Present at all (even blank), it must match: the signature then covers the URL alone.
+        body_hash = parse_qs(urlsplit(url).query, keep_blank_values=True).get("bodySHA256") if "bodySHA256" in url else None
+        if body_hash is not None:
             if raw_body is None:
                 return False
             body = raw_body.encode("utf-8") if isinstance(raw_body, str) else bytes(raw_body)

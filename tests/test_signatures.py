@@ -150,6 +150,14 @@ def test_v3_tampered_or_missing_body_fails():
     assert not verify_signature([KEY], "a9nBmqA0ju/hNViExpshrM61xv4=", url, raw_body=None)
 
 
+def test_a_blank_body_hash_covers_no_body():
+    # A URL-only signature over '?bodySHA256=' must not vouch for whatever body comes with it.
+    url = f"{URL}&bodySHA256="
+    signature = compute_signature(KEY, url)
+    assert not verify_signature([KEY], signature, url, raw_body=b'{"forged": "1"}')
+    assert not verify_signature([KEY], signature, url, raw_body=b"")
+
+
 V7_KEY = "PSKtest1234567890abcdef"
 V7_URL = "https://example.ngrok.io/webhook?bodySHA256=69f3cbfc18e386ef8236cb7008cd5a54b7fed637a8cb3373b5a1591d7f0fd5f4"
 V7_SIG = "dfO9ek8mxyFtn2nMz24plPmPfIY="

@@ -39,7 +39,7 @@ def _signed_parameters(settings) -> MultiDict:
     """
     unsigned_ok = settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys
     # Read before the form parser consumes the stream: only the raw bytes can be hashed.
-    raw_body = request.get_data(cache=True) if b"bodySHA256" in request.query_string else None
+    raw_body = request.get_data(cache=True) if "bodySHA256" in request.args else None
     if request.method in ("GET", "HEAD"):
         params, signed_form = request.args, None
     elif request.is_json:
