@@ -190,16 +190,24 @@ class Ingest:
         return "inbox"
 
     def drain_inbox(self, batch: int = 200) -> int:
-        """Move inbox rows into RQ; a row is deleted only after its job exists."""
+        """Move inbox rows into RQ; a row is deleted only after its job exists.
+
+        A row this release cannot read (written by another one) stays for an operator, and
+        does not hold up the rows behind it."""
         moved = 0
         while True:
             rows = self.store.inbox_take(batch)
-            if not rows:
-                return moved
-            self.enqueue_many([CallbackEvent.from_payload(payload) for _, payload in rows])
-            self.store.inbox_delete([row_id for row_id, _ in rows])
-            moved += len(rows)
-            if len(rows) < batch:
+            events, done = [], []
+            for row_id, payload in rows:
+                try:
+                    events.append(CallbackEvent.from_payload(payload))
+                    done.append(row_id)
+                except (TypeError, ValueError) as exc:
+                    log.error("inbox row %s cannot be read (%s); left in the inbox", row_id, type(exc).__name__)
+            self.enqueue_many(events)
+            self.store.inbox_delete(done)
+            moved += len(done)
+            if len(rows) < batch or not done:
                 return moved
 
 

@@ -204,6 +204,19 @@ def test_inbox_drains_into_the_queue_once(app, store, project_id, queue):
     assert queue.count == 1
 
 
+def test_an_unreadable_inbox_row_stays_and_holds_up_nothing(app, store, project_id, queue):
+    from service.recordings import CallbackEvent
+
+    unreadable = store.inbox_put({"recording_sid": "r", "field_of_a_later_release": 1})
+    events = [CallbackEvent(recording_sid=str(uuid.uuid4()), account_sid=project_id, status="completed")
+              for _ in range(3)]
+    for event in events:
+        store.inbox_put(event.to_payload())
+    assert app.extensions["ingest"].drain_inbox(batch=2) == 3
+    assert [row_id for row_id, _ in store.inbox_take(10)] == [unreadable]
+    assert sorted(job.args[0]["recording_sid"] for job in queue.jobs) == sorted(e.recording_sid for e in events)
+
+
 def test_unsigned_callbacks_only_with_explicit_opt_out_and_a_loud_warning(env, store, project_id, caplog):
     unsigned = {k: v for k, v in env.items() if k != "SIGNALWIRE_SIGNING_KEY"}
     settings = load_settings(dict(unsigned, ALLOW_UNSIGNED_WEBHOOKS="true"))
