@@ -327,8 +327,9 @@ class Store:
         """Recordings for the reconciliation sweep, first seen before `older_than`: those whose
         status is not terminal (or unknown), and those whose status has no metadata fetched
         for it (the job's fetches all failed, or the API still lagged behind the callback).
-        The least tried first, then the oldest, so recordings that keep failing (a 404 for
-        good) cannot crowd out the others.
+        The least tried first, then the least recently written, so neither recordings that
+        keep failing (a 404 for good) nor ones the API keeps reporting unfinished can crowd
+        out the others: each sweep's writes move what it handled to the back.
 
         A terminal recording with its metadata is final and never swept again. The condition
         is the partial index ix_recordings_unfinished's, which keeps that index small.
@@ -336,7 +337,7 @@ class Store:
         query = (
             sa.select(R.c.sid)
             .where(UNFINISHED, R.c.first_seen_at < older_than)
-            .order_by(R.c.attempts, R.c.first_seen_at, R.c.sid)
+            .order_by(R.c.attempts, R.c.updated_at, R.c.sid)
             .limit(limit)
         )
         with self.engine.connect() as conn:
