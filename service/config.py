@@ -136,9 +136,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return value
 
     space = required("SIGNALWIRE_SPACE")
+    space_url = urlsplit(space)
     if space and "://" in space and not _url_ok(space, ("http", "https")):
         problems.append("SIGNALWIRE_SPACE must be a host (example.signalwire.com) or an http(s) URL")
-    elif "://" in space and urlsplit(space).scheme == "http" and urlsplit(space).hostname not in LOOPBACK_HOSTS:
+    elif "://" in space and space_url.scheme == "http" and space_url.hostname not in LOOPBACK_HOSTS:
         problems.append("SIGNALWIRE_SPACE must use https:// (http:// would send the API token in clear text; "
                         "it is allowed only for a local sandbox on 127.0.0.1, localhost or ::1)")
     project_id = required("SIGNALWIRE_PROJECT_ID")

@@ -91,7 +91,8 @@ def verify_signature(
             return False
         pairs = _pairs(params)
         # Present at all (even blank), it must match: the signature then covers the URL alone.
-        body_hash = parse_qs(urlsplit(url).query, keep_blank_values=True).get("bodySHA256") if "bodySHA256" in url else None
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True) if "bodySHA256" in url else {}
+        body_hash = query.get("bodySHA256")
         if body_hash is not None:
             if raw_body is None:
                 return False

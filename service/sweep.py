@@ -6,10 +6,10 @@ callbacks left unfinished or never told us about.
 
 (a) every recording the store holds in a non-terminal (or unknown) status for longer than
     `older_than_seconds`, or in a terminal one with no metadata fetched for it (the job's
-    fetches failed for good, or the API still lagged): fetch its metadata and store it. Errors are recorded on the
-    recording (`attempts`, `last_error`). A 404 is recorded the same way and the recording is
-    left unfinished: it is retried by the next sweeps and stays visible to operators, never
-    deleted or guessed terminal.
+    fetches failed for good, or the API still lagged): fetch its metadata and store it.
+    Errors are recorded on the recording (`attempts`, `last_error`). A 404 is recorded the
+    same way and the recording is left unfinished: it is retried by the next sweeps and stays
+    visible to operators, never deleted or guessed terminal.
 (b) when `list_hours > 0`: list the account's recordings created in the last `list_hours`
     hours and store every one the store does not have, or has unfinished as in (a)
     (a `<Record>` verb whose callbacks were all dropped is found only this way).
