@@ -24,7 +24,7 @@ from service.services import queue_for
 from service.store import Store
 from tests.e2e import wait_for
 from workers import recovery
-from workers.__main__ import StartupStop
+from workers.__main__ import KeeperWorker, StartupStop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,3 +279,21 @@ def test_the_start_up_stop_handler_ends_a_forked_child_as_the_default_would():
     stop.worker = SimpleNamespace(_stop_requested=False)  # the one attribute it sets
     stop(signal.SIGTERM, None)
     assert stop.requested.is_set() and stop.worker._stop_requested is True
+
+
+def test_death_is_registered_after_a_stop_broke_a_redis_transaction(redis_conn):
+    # What RQ's StopRequested, raised mid-transaction by an idle worker's SIGTERM handler,
+    # leaves behind (rq/rq#2175): a pooled connection inside MULTI with its replies unread.
+    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
+    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.register_birth()
+    pool = redis_conn.connection_pool
+    dirty = pool.get_connection()
+    dirty.send_command("MULTI")
+    dirty.send_command("HSET", "interrupted", "f", "v")
+    pool.release(dirty)
+
+    worker.register_death()
+
+    assert redis_conn.hget(worker.key, "death") is not None
+    assert worker.name not in {w.name for w in SimpleWorker.all(connection=redis_conn)}

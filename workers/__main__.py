@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     if not wait_for_redis(connection, stop.requested):
         return 0
-    worker = stop.worker = SimpleWorker([queue], connection=connection, serializer=queue.serializer,
+    worker = stop.worker = KeeperWorker([queue], connection=connection, serializer=queue.serializer,
                                         worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
     worker._stop_requested = stop.requested.is_set()
     housekeeping = Housekeeping(settings, worker.name).start()
@@ -70,6 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+class KeeperWorker(SimpleWorker):
+    """RQ's SimpleWorker, whose death is registered even when a stop signal broke a Redis
+    transaction.
+
+    An idle worker's SIGTERM handler raises StopRequested wherever the work loop is. Inside a
+    transaction, that returns a connection to the pool with replies unread (rq/rq#2175), and
+    the next transaction on it, the death registration, fails: the worker exited 1 instead of
+    0. Closing the pool's idle connections and registering again on a fresh one mends that.
+    """
+
+    def register_death(self) -> None:
+        try:
+            super().register_death()
+        except Exception:  # the misread replies surface as ResponseError or as a parse error
+            log.warning("worker %s: registering its death again on a fresh connection", self.name)
+            self.connection.connection_pool.disconnect(inuse_connections=False)
+            super().register_death()
+
+
 class StartupStop:
     """The SIGTERM/SIGINT handler until RQ installs its own, after registering the worker and
     starting its scheduler process: without it a stop in between would kill the process with
@@ -78,7 +97,7 @@ class StartupStop:
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self.worker: SimpleWorker | None = None
+        self.worker: KeeperWorker | None = None
         self._pid = os.getpid()
 
     def __call__(self, signum: int, frame) -> None:
