@@ -93,6 +93,15 @@ def _usage(pids: list[int]) -> tuple[float, int] | None:
     return cpu, switches
 
 
+def _machine_ticks() -> tuple[int, int] | None:
+    """(idle, total) clock ticks of the whole machine, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return None
+    return fields[3] + fields[4], sum(fields[:8])  # idle + iowait; user..steal
+
+
 def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
     lines = []
     base = f"http://127.0.0.1:{port}"
@@ -105,9 +114,13 @@ def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
 
 def load(port: int, bodies: Path, lines, connections: int, duration: float,
          workers: list[int] = (), redis_pid: int | None = None) -> dict:
-    before = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
+    before = _usage(list(workers)), _usage([redis_pid] if redis_pid else []), _machine_ticks()
     r = _load(port, bodies, lines, connections, duration)
-    after = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
+    after = _usage(list(workers)), _usage([redis_pid] if redis_pid else []), _machine_ticks()
+    if before[2] and after[2] and after[2][1] > before[2][1]:
+        # Idle time under load is capacity the app left unused while its threads waited.
+        r["machine_idle_pct"] = 100 * (after[2][0] - before[2][0]) / (after[2][1] - before[2][1])
+    before, after = before[:2], after[:2]
     if workers and None not in before + after and r["requests"]:
         per_req = 1e6 / r["requests"]
         r["web_cpu_us"] = (after[0][0] - before[0][0]) * per_req
@@ -205,7 +218,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                         summary[c]["floor_rps"] = median(x["rps"] for x in r["floor"])
                         summary[c]["floor_ratio"] = median(f["rps"] / b["rps"] for f, b in zip(r["floor"], r["bare"]))
                     for kind in apps:
-                        for key in ("web_cpu_us", "redis_cpu_us", "web_switches"):
+                        for key in ("web_cpu_us", "redis_cpu_us", "web_switches", "machine_idle_pct"):
                             summary[c][f"{kind}_{key}"] = median(x.get(key) for x in r[kind])
                 results["configs"][name] = {"summary": summary, "runs": runs}
             finally:
@@ -230,14 +243,15 @@ def table(results: dict) -> str:
             if "floor_rps" in s:
                 rows.append(f"| {name}, webhook without the hand-off (bench/floor_app.py) | {c} | | | {fmt(s['floor_rps'], 0)} | | "
                             f"{fmt(s['floor_ratio'], 2)}x | |")
-    cpu = ["| gunicorn config | conns | app | web workers' CPU µs/request | Redis CPU µs/request | voluntary switches/request |",
-           "|---|---|---|---|---|---|"]
+    cpu = ["| gunicorn config | conns | app | web workers' CPU µs/request | Redis CPU µs/request | voluntary switches/request | machine idle |",
+           "|---|---|---|---|---|---|---|"]
     for name, r in results["configs"].items():
         for c, s in r["summary"].items():
             for kind in ("bare", "floor", "webhook"):
                 if s.get(f"{kind}_web_cpu_us") is not None:
                     cpu.append(f"| {name} | {c} | {kind} | {fmt(s[f'{kind}_web_cpu_us'], 0)} | "
-                               f"{fmt(s[f'{kind}_redis_cpu_us'], 0)} | {fmt(s[f'{kind}_web_switches'], 1)} |")
+                               f"{fmt(s[f'{kind}_redis_cpu_us'], 0)} | {fmt(s[f'{kind}_web_switches'], 1)} | "
+                               f"{fmt(s.get(f'{kind}_machine_idle_pct'), 0)}% |")
     text = (f"### Ingest ({results['tool']}, {results['duration_s']} s x {results['repeats']} runs, medians)\n\n"
             + "\n".join(rows))
     if len(cpu) > 2:
