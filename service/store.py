@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 import secrets
+import time
 from contextlib import contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +27,8 @@ from service.recordings import CallbackEvent, Recording, format_time, status_ran
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# A pooled connection idle longer than this is pinged before use (see _ping_after_idle).
+PING_AFTER_IDLE_S = 1.0
 
 R = RecordingRow.__table__
 E = RecordingEventRow.__table__
@@ -54,6 +57,34 @@ def _fit(values: dict, names) -> None:
             values[name] = None
         elif isinstance(value, int) and name in _INT32 and not -2**31 <= value < 2**31:
             values[name] = None
+
+
+def _ping_after_idle(engine: sa.Engine, seconds: float) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections idle over `seconds` only.
+
+    A busy worker takes its connection back within milliseconds: pinging it first was one
+    round trip to the database in every job. A connection that has sat in the pool (when a
+    database restart or an idle-connection reaper is likely to have closed it) is still
+    checked, and replaced if dead, before anything uses it. One that dies within the window
+    fails its statement like one that dies just after a ping; SQLAlchemy then replaces the
+    pool's connections and the job's retry finds a new one.
+    """
+    dialect = engine.dialect
+
+    @sa.event.listens_for(engine, "checkin")
+    def _idle_since(dbapi_connection, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection, record, proxy) -> None:
+        idle_since = record.info.get("idle_since")  # none: a connection made for this checkout
+        if idle_since is None or time.monotonic() - idle_since <= seconds:
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as exc:
+            # The pool replaces this connection and checks out again.
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {type(exc).__name__}") from exc
 
 
 def _now() -> datetime:
@@ -88,9 +119,8 @@ def temporary_schema(server_url: str, prefix: str) -> Iterator[str]:
 
 
 class Store:
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, **engine_kwargs: Any) -> None:
         self.url = database_url(url)
-        engine_kwargs.setdefault("pool_pre_ping", True)
         connect_args = engine_kwargs.setdefault("connect_args", {})
         backend = self.url.get_backend_name()
         if backend == "sqlite":
@@ -102,6 +132,7 @@ class Store:
         elif backend == "postgresql" and "connect_timeout" not in self.url.query:
             connect_args.setdefault("connect_timeout", 5)  # ping() and startup fail fast
         self.engine = sa.create_engine(self.url, **engine_kwargs)
+        _ping_after_idle(self.engine, ping_after_idle)
         if backend == "sqlite":
             _sqlite_setup(self.engine)
         self._postgres = self.engine.dialect.name == "postgresql"

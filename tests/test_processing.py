@@ -3,9 +3,11 @@ and the RQ job itself run by a real worker on a real Redis."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
+import sqlalchemy as sa
 from rq import SimpleWorker
 
 from service.ingest import Ingest
@@ -93,16 +95,40 @@ def test_rq_job_runs_on_a_real_worker(app, store, sandbox, sw_client, monkeypatc
     jobs.services.cache_clear()
 
 
+def _pooled_connection_killed(store, worker_store) -> None:
+    with worker_store.engine.connect() as conn:  # the pool now holds this connection
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+    with store.engine.connect() as admin:  # a database restart, for that one connection
+        admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+
+
 def test_a_connection_that_died_while_idle_is_replaced_before_use(database_url, store, sandbox, sw_client):
     if not database_url.startswith("postgresql"):
         pytest.skip("SQLite has no server connection to lose")
-    worker_store = Store(database_url)  # as the workers build it
+    worker_store = Store(database_url, ping_after_idle=0.05)  # as the workers build it, a shorter idle time
     try:
-        with worker_store.engine.connect() as conn:  # the pool now holds this idle connection
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-        with store.engine.connect() as admin:  # a database restart, for that one connection
-            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        _pooled_connection_killed(store, worker_store)
+        time.sleep(0.1)
         recording = started(sandbox, sw_client)
+        assert handle_callback(worker_store, sw_client, event(recording, "completed")) == "completed"
+        assert worker_store.get(recording.sid)["status"] == "completed"
+    finally:
+        worker_store.dispose()
+
+
+def test_a_connection_used_moments_ago_is_not_pinged_and_its_death_costs_one_attempt(
+        database_url, store, sandbox, sw_client):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server connection to lose")
+    worker_store = Store(database_url, ping_after_idle=60)
+    try:
+        _pooled_connection_killed(store, worker_store)
+        recording = started(sandbox, sw_client)
+        # Not pinged: the write meets the dead connection and fails, as a job would (then retried).
+        with pytest.raises(sa.exc.OperationalError):
+            handle_callback(worker_store, sw_client, event(recording, "completed"))
+        assert store.get(recording.sid) is None
+        # SQLAlchemy dropped the dead connection: the retry gets a new one and stores it.
         assert handle_callback(worker_store, sw_client, event(recording, "completed")) == "completed"
         assert worker_store.get(recording.sid)["status"] == "completed"
     finally:
