@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import socket
+import ssl
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -377,3 +381,56 @@ def test_proxy_from_environment_is_read_once_at_construction(sandbox, sandbox_cr
     finally:
         proxied.close()
         bypassing.close()
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+TEST_CERT = Path(__file__).parent / "fixtures" / "tls" / "localhost.pem"  # self-signed, for 127.0.0.1
+
+
+@pytest.fixture
+def https_space():
+    """An HTTPS server on loopback with a self-signed certificate, answering every request 404."""
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"code": 20404, "message": "not found"}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(TEST_CERT)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_certificates_are_verified_against_the_environments_ca_bundle(https_space, sandbox_credentials,
+                                                                           monkeypatch):
+    def fetch():
+        client = SignalWireClient(https_space, sandbox_credentials.project_id, sandbox_credentials.api_token,
+                                  max_retries=0)
+        try:
+            with pytest.raises(SignalWireError) as info:
+                client.fetch_recording("RE-any")
+        finally:
+            client.close()
+        return info.value
+
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    untrusted = fetch()  # the usual CA bundle does not know the certificate: fail closed
+    assert untrusted.status is None and "SSLError" in str(untrusted)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(TEST_CERT))
+    trusted = fetch()
+    assert (trusted.status, trusted.code) == (404, 20404)  # the server was reached over verified TLS
