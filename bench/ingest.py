@@ -114,13 +114,14 @@ def write_bodies(path: Path, port: int, count: int) -> list[tuple[str, str]]:
 
 def load(port: int, bodies: Path, lines, connections: int, duration: float,
          workers: list[int] = (), redis_pid: int | None = None) -> dict:
-    before = _usage(list(workers)), _usage([redis_pid] if redis_pid else []), _machine_ticks()
+    ticks = _machine_ticks()
+    before = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
     r = _load(port, bodies, lines, connections, duration)
-    after = _usage(list(workers)), _usage([redis_pid] if redis_pid else []), _machine_ticks()
-    if before[2] and after[2] and after[2][1] > before[2][1]:
+    after = _usage(list(workers)), _usage([redis_pid] if redis_pid else [])
+    ticks_after = _machine_ticks()
+    if ticks and ticks_after and ticks_after[1] > ticks[1]:
         # Idle time under load is capacity the app left unused while its threads waited.
-        r["machine_idle_pct"] = 100 * (after[2][0] - before[2][0]) / (after[2][1] - before[2][1])
-    before, after = before[:2], after[:2]
+        r["machine_idle_pct"] = 100 * (ticks_after[0] - ticks[0]) / (ticks_after[1] - ticks[1])
     if workers and None not in before + after and r["requests"]:
         per_req = 1e6 / r["requests"]
         r["web_cpu_us"] = (after[0][0] - before[0][0]) * per_req
