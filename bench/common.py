@@ -19,8 +19,8 @@ from urllib.parse import urlencode
 
 import requests
 
-from service.redis_server import EmbeddedRedis, free_port  # noqa: F401 - re-exported
-from service.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY
+from devstack.redis_server import EmbeddedRedis, free_port  # noqa: F401 - re-exported
+from devstack.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY
 from service.signatures import compute_signature
 
 ROOT = Path(__file__).resolve().parent.parent

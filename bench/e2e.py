@@ -1,5 +1,5 @@
 """End to end: signed callback sent -> recording stored, on the real stack (gunicorn + RQ
-worker processes via service.stack.Stack, a SignalWire sandbox process for the metadata).
+worker processes via devstack.stack.Stack, a SignalWire sandbox process for the metadata).
 
 Paced mode (default): a steady RATE callbacks/s for DURATION s; per callback, stored time is
 the row's last_fetched_at (set by the worker when it saves the fetched metadata) minus the
@@ -27,7 +27,7 @@ from bench.common import (
     CALLBACK_PATH, callback_params, children, cpu_seconds, database, EmbeddedRedis, fmt, free_port, log, pct,
     publish, reachable, SandboxProcess, service_env, signed_body, workdir,
 )
-from service.stack import Stack
+from devstack.stack import Stack
 from service.store import R, Store
 
 QUEUE_KEY = "rq:queue:recordings"

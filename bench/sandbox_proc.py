@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 
-from service.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY, Sandbox
+from devstack.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY, Sandbox
 
 
 def main() -> None:

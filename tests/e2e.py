@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from service.recordings import Recording, is_terminal
-from service.stack import Stack
+from devstack.stack import Stack
 from service.store import Store, temporary_schema
 from tests.fixtures.sandbox import SandboxCredentials
 

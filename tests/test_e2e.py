@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from service.sandbox import Sandbox
+from devstack.sandbox import Sandbox
 from service.signatures import compute_signature
 from tests.e2e import (AUTH, assert_matches_signalwire, database, get_recording, start_stack, stack_env,
                        stored_when_settled, wait_for)
@@ -31,7 +31,7 @@ def running(request, tmp_path_factory, redis_server_url, postgres_server):
     with database(request.param, tmp, postgres_server) as database_url, \
             Sandbox(credentials.project_id, credentials.api_token, credentials.signing_key) as sandbox:
         sandbox.recording_seconds = 0.3
-        from service.redis_server import free_port
+        from devstack.redis_server import free_port
 
         port = free_port()
         env = stack_env(redis_server_url, database_url, sandbox, credentials, port)

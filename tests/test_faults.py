@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
-from service.redis_server import EmbeddedRedis, free_port
-from service.sandbox import Sandbox
+from devstack.redis_server import EmbeddedRedis, free_port
+from devstack.sandbox import Sandbox
 from service.store import Store
 from tests.e2e import database, stack_env, start_stack, wait_for
 from tests.faults import TcpProxy, callback_forms, report, scaled, send_callbacks

@@ -19,7 +19,7 @@ from rq.job import Job, JobStatus
 from rq.worker import BaseWorker
 
 from service.config import load_settings
-from service.redis_server import EmbeddedRedis, free_port
+from devstack.redis_server import EmbeddedRedis, free_port
 from service.services import queue_for
 from service.store import Store
 from tests.e2e import wait_for

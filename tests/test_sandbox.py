@@ -379,7 +379,7 @@ def test_runs_standalone(sandbox_credentials):
         port = s.getsockname()[1]
     env = {**os.environ, "SIGNALWIRE_PROJECT_ID": sandbox_credentials.project_id,
            "SIGNALWIRE_API_TOKEN": sandbox_credentials.api_token, "SIGNALWIRE_SIGNING_KEY": "PSK_x"}
-    proc = subprocess.Popen([sys.executable, "-m", "service.sandbox", "--port", str(port)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "devstack.sandbox", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -13,10 +13,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 
 log = logging.getLogger(__name__)
+
+# The Procfile's commands run from the repository root, as on Heroku.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -47,7 +51,8 @@ class Stack:
     def _spawn(self, proc: Proc) -> None:
         out = self._log if self._log else None
         # Own process group: stopping the stack reaches gunicorn's and RQ's children too.
-        proc.popen = subprocess.Popen(proc.argv, env=self.env, stdout=out, stderr=out, start_new_session=True)
+        proc.popen = subprocess.Popen(proc.argv, env=self.env, cwd=ROOT, stdout=out, stderr=out,
+                                      start_new_session=True)
 
     def start(self, timeout: float = 30.0) -> "Stack":
         for proc in self.procs:

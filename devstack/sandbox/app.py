@@ -37,10 +37,10 @@ from flask import Flask, Response, jsonify, request
 from requests.adapters import HTTPAdapter
 from cheroot import wsgi
 
-from service.sandbox.media import MP3_BYTES, WAV_BYTES
+from devstack.sandbox.media import MP3_BYTES, WAV_BYTES
 from service.signatures import compute_signature
 
-log = logging.getLogger("service.sandbox")
+log = logging.getLogger("devstack.sandbox")
 
 API = "/api/laml/2010-04-01"
 MORE_INFO = "https://signalwire.com/docs/compatibility-api/reference/errors"
@@ -537,7 +537,7 @@ class Sandbox:
         return response
 
     def _build_app(self) -> Flask:
-        app = Flask("service.sandbox")
+        app = Flask("devstack.sandbox")
         app.before_request(self._inject_faults)
         app.after_request(self._log_request)
         acct = f"{API}/Accounts/<account_sid>"

@@ -1,7 +1,7 @@
-"""Run the sandbox standalone: `python -m service.sandbox --port 8123`.
+"""Run the sandbox standalone: `python -m devstack.sandbox --port 8123`.
 
 Credentials come from SIGNALWIRE_PROJECT_ID, SIGNALWIRE_API_TOKEN and SIGNALWIRE_SIGNING_KEY,
-defaulting to the sandbox values in service.sandbox (never meant for a real space).
+defaulting to the sandbox values in devstack.sandbox (never meant for a real space).
 Knobs can be changed at runtime with `POST /_sandbox/knobs` (JSON); counts are at `GET /_sandbox/state`.
 """
 
@@ -13,11 +13,11 @@ import os
 import signal
 import threading
 
-from service.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY, Sandbox
+from devstack.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY, Sandbox
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.sandbox", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.sandbox", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--recording-seconds", type=float, default=None)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with sandbox:
-        logging.getLogger("service.sandbox").info(
+        logging.getLogger("devstack.sandbox").info(
             "sandbox listening on %s (project %s)", sandbox.base_url, sandbox.project_id
         )
         stop.wait()

@@ -1,4 +1,4 @@
-"""`python -m service.local`: the whole service on one machine with embedded defaults.
+"""`python -m devstack.local`: the whole service on one machine with embedded defaults.
 
 No REDIS_URL: a private Redis server. No DATABASE_URL: SQLite under instance/. No SignalWire
 credentials: the project's sandbox plays SignalWire over loopback HTTP. It then starts a
@@ -11,6 +11,8 @@ import argparse
 import json
 import os
 import secrets
+import shlex
+import socket
 import sys
 import time
 import uuid
@@ -18,9 +20,23 @@ from contextlib import ExitStack
 
 import requests
 
+from devstack.redis_server import EmbeddedRedis, free_port
+from devstack.stack import Stack
 from service.config import INSTANCE_DIR, default_database_url
-from service.redis_server import EmbeddedRedis, free_port
-from service.stack import Stack
+
+DEFAULT_PORT = 5000
+
+def choose_port(wanted: int) -> int:
+    """`wanted` if it is free on loopback, else the next free one above it (a few tries)."""
+    for port in range(wanted, min(wanted + 20, 65536)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
+
 
 def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
     env = dict(os.environ)
@@ -29,7 +45,7 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         print(f"* Redis: embedded server at {env['REDIS_URL']}")
     env.setdefault("DATABASE_URL", default_database_url())
     if not (env.get("SIGNALWIRE_PROJECT_ID") and env.get("SIGNALWIRE_API_TOKEN")):
-        from service import sandbox as sb
+        from devstack import sandbox as sb
 
         sandbox = resources.enter_context(sb.Sandbox(sb.DEFAULT_PROJECT_ID, sb.DEFAULT_API_TOKEN, sb.DEFAULT_SIGNING_KEY))
         env.update(
@@ -78,14 +94,27 @@ def demo(base_url: str, token: str, timeout: float = 30.0) -> dict:
     raise SystemExit(f"recording at {location} was not stored as completed within {timeout:.0f} s")
 
 
+def try_it(base_url: str, token: str) -> str:
+    auth = shlex.quote(f"Authorization: Bearer {token}")
+    return "\n".join([
+        "\nTry it (the sandbox plays the call; any call sid works):",
+        f"  curl -s -X POST -H {auth} -H 'Content-Type: application/json' -d '{{\"channels\": \"dual\"}}' "
+        f"{base_url}/api/calls/$(python3 -c 'import uuid; print(uuid.uuid4())')/recordings",
+        f"  curl -s -H {auth} {base_url}/api/recordings",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 0)) or None)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or DEFAULT_PORT),
+                        help=f"web port (default PORT or {DEFAULT_PORT}; the next free one if taken)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--exit-after-demo", action="store_true", help="stop once the demo recording is stored")
     parser.add_argument("--verbose", action="store_true", help="show the processes' logs here, not in instance/")
     args = parser.parse_args(argv)
-    port = args.port or free_port()
+    port = choose_port(args.port)
+    if port != args.port:
+        print(f"* Port {args.port} is taken; using {port} instead")
     with ExitStack() as resources:
         env = embedded_env(resources, port)
         migrate(env)
@@ -96,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         stack = resources.enter_context(Stack(env, port=port, workers=args.workers, log_path=log_path))
         if log_path:
             print(f"* Logs of the web and worker processes: {log_path}")
-        print(f"* Web: {stack.base_url} (API token: set SERVICE_API_TOKEN to choose it; else a random one)")
-        demo(stack.base_url, env["SERVICE_API_TOKEN"])
+        token = env["SERVICE_API_TOKEN"]
+        print(f"* Web: {stack.base_url}")
+        # A local run's own token (or the one SERVICE_API_TOKEN chose): printing it is the point.
+        print(f"* API token: {token}")
+        demo(stack.base_url, token)
+        print(try_it(stack.base_url, token))
         if args.exit_after_demo:
             return 0
         print("\nService running; press Ctrl-C to stop.")
