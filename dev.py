@@ -4,33 +4,51 @@
     python3 dev.py run     # the whole service locally, with a recording going through
     python3 dev.py test    # the full test suite
 
-It keeps a virtualenv in .venv, installed from pyproject.toml (reinstalled when that changes).
+It installs uv (pinned, from the package index) into .tools/, then builds .venv from uv.lock
+with every dependency group: the same lock a deploy installs from, plus the development stack
+and the test tools. It syncs again whenever pyproject.toml or uv.lock change.
 """
 
 import hashlib
 import os
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 PY = VENV / "bin" / "python"
+TOOLS = ROOT / ".tools"
+UV = TOOLS / "bin" / "uv"
+UV_VERSION = "0.13.8"
+
+
+def uv_env() -> dict[str, str]:
+    # This interpreter, never one uv downloads: the lock covers 3.11 and newer.
+    return {**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV), "UV_PYTHON_DOWNLOADS": "never"}
+
+
+def ensure_uv() -> None:
+    if UV.exists() and (TOOLS / f".uv-{UV_VERSION}").exists():
+        return
+    print(f"* installing uv {UV_VERSION} into .tools", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--root-user-action=ignore", "--upgrade",
+                    "--target", str(TOOLS), f"uv=={UV_VERSION}"], check=True)
+    (TOOLS / f".uv-{UV_VERSION}").touch()
 
 
 def ensure_venv() -> None:
     if sys.version_info < (3, 11):
         sys.exit("Python 3.11 or newer is required")
-    stamp = VENV / ".installed"
-    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    ensure_uv()
+    stamp = VENV / ".synced"
+    digest = hashlib.sha256(b"".join((ROOT / n).read_bytes() for n in ("pyproject.toml", "uv.lock"))
+                            + UV_VERSION.encode() + sys.executable.encode()).hexdigest()
     if stamp.exists() and stamp.read_text() == digest and PY.exists():
         return
-    if not PY.exists():
-        print("* creating .venv", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
-    print("* installing dependencies into .venv", flush=True)
-    subprocess.run([PY, "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{ROOT}[test]"], check=True)
+    print("* installing dependencies into .venv from uv.lock", flush=True)
+    subprocess.run([str(UV), "sync", "--locked", "--quiet", "--python", sys.executable], cwd=ROOT, env=uv_env(),
+                   check=True)
     stamp.write_text(digest)
 
 
@@ -42,10 +60,10 @@ def main() -> int:
     ensure_venv()
     os.chdir(ROOT)
     if command == "run":
-        argv = [str(PY), "-m", "service.local", *rest]
+        argv = [str(PY), "-m", "devstack.local", *rest]
     else:
         argv = [str(PY), "-m", "pytest", *rest]
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, {**os.environ, "UV": str(UV)})
 
 
 if __name__ == "__main__":
