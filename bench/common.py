@@ -21,7 +21,7 @@ import requests
 
 from devstack.redis_server import EmbeddedRedis, free_port  # noqa: F401 - re-exported
 from devstack.sandbox import DEFAULT_API_TOKEN, DEFAULT_PROJECT_ID, DEFAULT_SIGNING_KEY
-from service.signatures import compute_signature
+from service.signalwire.signatures import compute_signature
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -155,7 +155,7 @@ class SandboxProcess:
 @contextlib.contextmanager
 def database(kind: str, workdir: Path, migrate: bool = True) -> Iterator[str]:
     """A migrated, empty database: a SQLite file, or a PostgreSQL schema dropped afterwards."""
-    from service.store import Store, temporary_schema
+    from service.store.sql import Store, temporary_schema
 
     with contextlib.ExitStack() as stack:
         if kind == "sqlite":

@@ -28,7 +28,7 @@ from bench.common import (
     publish, reachable, SandboxProcess, service_env, signed_body, workdir,
 )
 from devstack.stack import Stack
-from service.store import R, Store
+from service.store.sql import R, Store
 
 QUEUE_KEY = "rq:queue:recordings"
 

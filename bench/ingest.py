@@ -157,7 +157,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
         client = redis.Redis.from_url(rs.url)
         redis_pid = client.info("server")["process_id"]
         db_url = f"sqlite:///{tmp / 'ingest.sqlite3'}"
-        from service.store import Store
+        from service.store.sql import Store
 
         st = Store(db_url)
         st.migrate()

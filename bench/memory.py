@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from bench.common import CALLBACK_PATH, callback_params, fmt, log, publish, rss_kb, signed_body, workdir
 from bench.e2e import QUEUE_KEY, Harness
-from service.store import E
+from service.store.sql import E
 
 MAX_BACKLOG = 2000
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import sqlalchemy as sa
 
 from bench.common import database, fmt, log, median, pct, publish, reachable, workdir
-from service.store import Store, encode_cursor
+from service.store.sql import Store, encode_cursor
 
 BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPAN_S = 30 * 86400  # created_at spread over 30 days

@@ -21,8 +21,8 @@ from rq.job import Job
 from bench.common import (
     ROOT, database, EmbeddedRedis, fmt, log, median, pct, publish, reachable, SandboxProcess, service_env, workdir,
 )
-from service.ingest import Ingest, job_id_for
-from service.recordings import CallbackEvent
+from service.pipelines.ingest import Ingest, job_id_for
+from service.domain.recordings import CallbackEvent
 from service.services import queue_for, redis_connection
 from service.config import load_settings
 

@@ -62,7 +62,7 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
 
 
 def migrate(env: dict[str, str]) -> None:
-    from service.store import Store
+    from service.store.sql import Store
 
     store = Store(env["DATABASE_URL"])
     store.migrate()

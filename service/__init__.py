@@ -37,7 +37,7 @@ def register_logging(settings: Settings) -> None:
 
 
 def register_services(app: Flask, settings: Settings) -> None:
-    from service.ingest import Ingest
+    from service.pipelines.ingest import Ingest
     from service.services import Services
 
     services = Services(settings)

@@ -28,7 +28,7 @@ def main() -> None:
 def migrate() -> None:
     """Apply database migrations (the Procfile's release step)."""
     from service.config import default_database_url
-    from service.store import Store
+    from service.store.sql import Store
     import os
 
     # Only the database is needed here, so migrate without the rest of the configuration.
@@ -51,7 +51,7 @@ def _services(settings):
               help="Fetch recordings unfinished for at least this many seconds (default SWEEP_AFTER).")
 def sweep_command(list_hours: int | None, older_than: int | None) -> None:
     """Run one reconciliation sweep now and print its report."""
-    from service.sweep import sweep
+    from service.pipelines.sweep import sweep
 
     settings = _settings()
     services = _services(settings)
@@ -83,7 +83,7 @@ def _failed_jobs(services):
 
 def _describe(job) -> dict:
     """What an operator needs about one dead letter."""
-    from service.recordings import CallbackEvent
+    from service.domain.recordings import CallbackEvent
 
     sid = status = "?"
     try:

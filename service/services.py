@@ -14,8 +14,8 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
-from service.signalwire import SignalWireClient, space_base_url
-from service.store import Store
+from service.signalwire.client import SignalWireClient, space_base_url
+from service.store.sql import Store
 
 
 def redis_connection(url: str, *, socket_timeout: float | None = 2.0) -> redis.Redis:

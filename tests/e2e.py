@@ -11,9 +11,9 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from service.recordings import Recording, is_terminal
+from service.domain.recordings import Recording, is_terminal
 from devstack.stack import Stack
-from service.store import Store, temporary_schema
+from service.store.sql import Store, temporary_schema
 from tests.fixtures.sandbox import SandboxCredentials
 
 API_TOKEN = "e2e-api-token-0123456789abcdef"

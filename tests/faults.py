@@ -13,7 +13,7 @@ from pathlib import Path
 
 import requests
 
-from service.signatures import compute_signature
+from service.signalwire.signatures import compute_signature
 
 FULL = os.environ.get("FAULT_SCALE") == "full"
 RESULTS = Path(os.environ.get("FAULT_RESULTS", Path(__file__).resolve().parent.parent / "bench" / "results"))

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from service.signalwire import SignalWireClient
-from service.store import encode_cursor
+from service.signalwire.client import SignalWireClient
+from service.store.sql import encode_cursor
 from tests.fixtures.app import API_TOKEN, PUBLIC_BASE_URL
 
 

@@ -11,8 +11,8 @@ from rq import Retry, SimpleWorker
 
 from service.cli import main
 from service.config import load_settings
-from service.ingest import FAILURE_TTL, JOB_FUNC
-from service.recordings import CallbackEvent
+from service.pipelines.ingest import FAILURE_TTL, JOB_FUNC
+from service.domain.recordings import CallbackEvent
 from service.services import queue_for
 
 DEAD_CALLBACK = "http://127.0.0.1:9/x"

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from devstack.redis_server import free_port
-from service.store import temporary_schema
+from service.store.sql import temporary_schema
 from tests.e2e import wait_for
 
 pytestmark = pytest.mark.e2e

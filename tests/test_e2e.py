@@ -12,7 +12,7 @@ import redis
 import requests
 
 from devstack.sandbox import Sandbox
-from service.signatures import compute_signature
+from service.signalwire.signatures import compute_signature
 from tests.e2e import (AUTH, assert_matches_signalwire, database, get_recording, start_stack, stack_env,
                        stored_when_settled, wait_for)
 from tests.fixtures.sandbox import SandboxCredentials

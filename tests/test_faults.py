@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from devstack.redis_server import EmbeddedRedis, free_port
 from devstack.sandbox import Sandbox
-from service.store import Store
+from service.store.sql import Store
 from tests.e2e import database, stack_env, start_stack, wait_for
 from tests.faults import TcpProxy, callback_forms, report, scaled, send_callbacks
 from tests.fixtures.sandbox import SandboxCredentials

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from service.signatures import compute_signature
+from service.signalwire.signatures import compute_signature
 from tests.fixtures.app import PUBLIC_BASE_URL
 
 PATH = "/webhooks/recording-status"

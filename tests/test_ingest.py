@@ -13,10 +13,10 @@ import pytest
 import redis
 from rq.job import Job
 
-from service.ingest import (
+from service.pipelines.ingest import (
     FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for, retry_policy,
 )
-from service.recordings import CallbackEvent
+from service.domain.recordings import CallbackEvent
 from service.services import queue_for
 
 SETTINGS = SimpleNamespace(queue_name="recordings")
@@ -67,7 +67,7 @@ def test_a_changed_template_is_written_afresh_not_read_from_redis(redis_conn, mo
     queue = queue_for(SETTINGS, redis_conn)
     old = CallbackEvent(recording_sid="r1", account_sid="a", status="completed")
     assert Ingest(queue, store=None, dedupe_ttl=60).enqueue(old)
-    monkeypatch.setattr("service.ingest.RETRY_INTERVALS", (1, 2))
+    monkeypatch.setattr("service.pipelines.ingest.RETRY_INTERVALS", (1, 2))
     new = CallbackEvent(recording_sid="r2", account_sid="a", status="completed")
     assert Ingest(queue, store=None, dedupe_ttl=60).enqueue(new)
     fetch = lambda event: Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)  # noqa: E731

@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 from rq import SimpleWorker
 
-from service.ingest import Ingest
-from service.processing import handle_callback
-from service.recordings import CallbackEvent
-from service.signalwire import SignalWireError
-from service.store import Store
+from service.pipelines.ingest import Ingest
+from service.domain.processing import handle_callback
+from service.domain.recordings import CallbackEvent
+from service.signalwire.client import SignalWireError
+from service.store.sql import Store
 
 
 def started(sandbox, sw_client, **kw):

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, strategies as st
 
-from service.recordings import (CallbackEvent, Recording, is_terminal, needs_metadata, parse_int, parse_text,
+from service.domain.recordings import (CallbackEvent, Recording, is_terminal, needs_metadata, parse_int, parse_text,
                                 parse_time, status_rank)
 
 ANY = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()

@@ -21,7 +21,7 @@ from rq.worker import BaseWorker
 from service.config import load_settings
 from devstack.redis_server import EmbeddedRedis, free_port
 from service.services import queue_for
-from service.store import Store
+from service.store.sql import Store
 from tests.e2e import wait_for
 from workers import recovery
 from workers.__main__ import KeeperWorker, StartupStop
@@ -188,7 +188,7 @@ def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_
 
 
 def test_worker_housekeeping_drains_the_inbox_and_sweeps(worker_env, workers, sandbox, sandbox_credentials):
-    from service.recordings import CallbackEvent
+    from service.domain.recordings import CallbackEvent
 
     worker_env.update(
         SIGNALWIRE_SPACE=sandbox.base_url,

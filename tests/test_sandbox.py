@@ -13,7 +13,7 @@ import wave
 import pytest
 import requests
 
-from service.signatures import verify_signature
+from service.signalwire.signatures import verify_signature
 from tests.fixtures.sandbox import wait_until
 
 FIELDS = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from service.signalwire import SignalWireClient, SignalWireError, space_base_url
+from service.signalwire.client import SignalWireClient, SignalWireError, space_base_url
 from tests.fixtures.sandbox import wait_until
 
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from service.signatures import _sign, compute_signature, verify_signature
+from service.signalwire.signatures import _sign, compute_signature, verify_signature
 
 KEY = "12345"
 URL = "https://mycompany.com/myapp.php?foo=1&bar=2"

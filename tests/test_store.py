@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from service.models import TERMINAL_RANK, UNFINISHED, Base, RecordingRow
-from service.recordings import _RANK, CallbackEvent, Recording, is_terminal, status_rank
-from service.store import Store, database_url as normalise_url, decode_cursor, encode_cursor
+from service.store.models import TERMINAL_RANK, UNFINISHED, Base, RecordingRow
+from service.domain.recordings import _RANK, CallbackEvent, Recording, is_terminal, status_rank
+from service.store.sql import Store, database_url as normalise_url, decode_cursor, encode_cursor
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -9,8 +9,8 @@ import uuid
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
-from service.recordings import CallbackEvent, Recording
-from service.sweep import LOCK_KEY, sweep
+from service.domain.recordings import CallbackEvent, Recording
+from service.pipelines.sweep import LOCK_KEY, sweep
 from workers.housekeeping import SWEEP_SLOT_KEY, Housekeeping
 
 DEAD_CALLBACK = "http://127.0.0.1:9/x"

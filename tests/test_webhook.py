@@ -9,8 +9,8 @@ import pytest
 
 from service import create_app
 from service.config import load_settings
-from service.ingest import JOB_FUNC
-from service.signatures import compute_signature
+from service.pipelines.ingest import JOB_FUNC
+from service.signalwire.signatures import compute_signature
 from tests.fixtures.app import PUBLIC_BASE_URL
 
 PATH = "/webhooks/recording-status"
@@ -194,7 +194,7 @@ def test_redis_and_database_down_is_503(env, store, project_id):
 
 def test_inbox_drains_into_the_queue_once(app, store, project_id, queue):
     ingest = app.extensions["ingest"]
-    from service.recordings import CallbackEvent
+    from service.domain.recordings import CallbackEvent
 
     event = CallbackEvent(recording_sid=str(uuid.uuid4()), account_sid=project_id, status="completed")
     store.inbox_put(event.to_payload())
@@ -205,7 +205,7 @@ def test_inbox_drains_into_the_queue_once(app, store, project_id, queue):
 
 
 def test_an_unreadable_inbox_row_stays_and_holds_up_nothing(app, store, project_id, queue):
-    from service.recordings import CallbackEvent
+    from service.domain.recordings import CallbackEvent
 
     unreadable = store.inbox_put({"recording_sid": "r", "field_of_a_later_release": 1})
     events = [CallbackEvent(recording_sid=str(uuid.uuid4()), account_sid=project_id, status="completed")

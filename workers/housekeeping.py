@@ -24,9 +24,9 @@ from typing import Callable
 import redis
 
 from service.config import Settings
-from service.ingest import Ingest
+from service.pipelines.ingest import Ingest
 from service.services import Services
-from service.sweep import sweep
+from service.pipelines.sweep import sweep
 from workers import recovery
 
 log = logging.getLogger(__name__)

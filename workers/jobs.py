@@ -8,8 +8,8 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import load_settings
-from service.processing import handle_callback
-from service.recordings import CallbackEvent
+from service.domain.processing import handle_callback
+from service.domain.recordings import CallbackEvent
 from service.services import Services
 
 log = logging.getLogger(__name__)

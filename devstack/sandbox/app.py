@@ -38,7 +38,7 @@ from requests.adapters import HTTPAdapter
 from cheroot import wsgi
 
 from devstack.sandbox.media import MP3_BYTES, WAV_BYTES
-from service.signatures import compute_signature
+from service.signalwire.signatures import compute_signature
 
 log = logging.getLogger("devstack.sandbox")
 

@@ -8,7 +8,7 @@ import logging
 from flask import Blueprint, current_app, jsonify, request
 from marshmallow import ValidationError
 
-from service.signalwire import SignalWireError
+from service.signalwire.client import SignalWireError
 from service.web.auth import require_api_token
 from service.web.errors import ApiError
 from service.web.schemas import SID, list_recordings_schema, start_recording_schema

@@ -6,7 +6,7 @@ from datetime import timezone
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from service.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
+from service.domain.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
 
 # \Z, not $: "$" would also accept a trailing newline.
 SID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}\Z", error="must be 1-64 letters, digits, '-' or '_'")

@@ -11,9 +11,9 @@ from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
-from service.ingest import Unavailable
-from service.recordings import CallbackEvent
-from service.signatures import verify_signature
+from service.pipelines.ingest import Unavailable
+from service.domain.recordings import CallbackEvent
+from service.signalwire.signatures import verify_signature
 from service.web.errors import ApiError
 from service.web.schemas import callback_schema
 

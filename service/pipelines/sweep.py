@@ -30,8 +30,8 @@ from datetime import datetime, timedelta, timezone
 import redis
 from redis.exceptions import LockError
 
-from service.recordings import is_terminal
-from service.signalwire import SignalWireClient, SignalWireError
+from service.domain.recordings import is_terminal
+from service.signalwire.client import SignalWireClient, SignalWireError
 
 log = logging.getLogger(__name__)
 

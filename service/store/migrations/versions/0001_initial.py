@@ -13,12 +13,12 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-# Spelled out here, not imported from service.models, so this revision never changes when
+# Spelled out here, not imported from service.store.models, so this revision never changes when
 # the models do.
 UTC_TIME = sa.DateTime(timezone=True)
 JSON = sa.JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
 BIG_ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
-UNFINISHED = sa.text("status_rank < 3")  # rank >= 3 is terminal (service.recordings)
+UNFINISHED = sa.text("status_rank < 3")  # rank >= 3 is terminal (service.domain.recordings)
 
 
 def upgrade() -> None:

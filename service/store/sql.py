@@ -22,8 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from service.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
-from service.recordings import CallbackEvent, Recording, format_time, status_rank
+from service.store.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
+from service.domain.recordings import CallbackEvent, Recording, format_time, status_rank
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000

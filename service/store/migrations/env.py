@@ -4,7 +4,7 @@ connection in config.attributes["connection"]; a sqlalchemy.url option also work
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from service.models import Base
+from service.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

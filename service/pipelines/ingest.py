@@ -24,7 +24,7 @@ from rq import Queue, Retry
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
 from rq.utils import now as utcnow, utcformat
 
-from service.recordings import CallbackEvent
+from service.domain.recordings import CallbackEvent
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from service.recordings import CallbackEvent, needs_metadata
-from service.signalwire import SignalWireClient, SignalWireError
+from service.domain.recordings import CallbackEvent, needs_metadata
+from service.signalwire.client import SignalWireClient, SignalWireError
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import select_proxy
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
-from service.recordings import Recording, parse_int
+from service.domain.recordings import Recording, parse_int
 
 log = logging.getLogger(__name__)
 

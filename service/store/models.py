@@ -1,6 +1,6 @@
 """Table definitions for the store (SQLAlchemy 2 typed declarative models).
 
-The schema itself is created by the Alembic migrations in service/migrations; these models
+The schema itself is created by the Alembic migrations in service/store/migrations; these models
 must describe the same tables (tests/test_store.py compares them).
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Statuses of rank >= this are terminal (see service.recordings: completed/absent/failed
+# Statuses of rank >= this are terminal (see service.domain.recordings: completed/absent/failed
 # rank 3, deleted 4, unknown statuses rank 1).
 TERMINAL_RANK = 3
 # What the reconciliation sweep still has to fetch (Store.unfinished), as its partial index

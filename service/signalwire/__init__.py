@@ -1,0 +1,1 @@
+"""SignalWire: the Compatibility REST client and the callback signature scheme."""
