@@ -78,3 +78,13 @@ def test_a_server_that_cannot_start_leaves_nothing(tmp_path):
     with pytest.raises(OSError):
         server.start()
     assert not server.dir.exists()
+
+
+def test_without_any_server_postgresql_cases_skip_or_fail_under_require_postgres(monkeypatch):
+    monkeypatch.delenv("REQUIRE_POSTGRES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no server here"):
+        postgres_or_skip((None, "no server here"))
+    monkeypatch.setenv("REQUIRE_POSTGRES", "1")
+    with pytest.raises(pytest.fail.Exception, match="no server here"):
+        postgres_or_skip((None, "no server here"))
+    assert postgres_or_skip(("postgresql://h/db", "")) == "postgresql://h/db"
