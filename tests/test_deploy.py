@@ -56,6 +56,21 @@ def test_the_lock_check_fails_when_pyproject_changes(tmp_path):
     assert "needs to be updated" in result.stderr
 
 
+def stop(procs: list[subprocess.Popen]) -> list[int | None]:
+    """SIGTERM, as Heroku stops a dyno; a process still running after its 30 s is killed (None)."""
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(30))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            codes.append(None)
+    return codes
+
+
 def procfile() -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
@@ -147,9 +162,7 @@ def test_procfile_release_web_and_worker_store_a_recording(production_venv, sand
             assert [e["status"] for e in recording["events"]] == ["in-progress", "completed"]
             assert recording["duration"] == sandbox.recordings[sid]["duration"]
         finally:
-            for proc in (web, worker):
-                os.killpg(proc.pid, signal.SIGTERM)
-            codes = [proc.wait(40) for proc in (web, worker)]
+            codes = stop([web, worker])
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("release", "web", "worker")}
         assert codes == [0, 0], logs
 
