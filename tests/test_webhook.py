@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
 import uuid
 from urllib.parse import urlencode
 
@@ -277,3 +279,26 @@ def test_a_get_callbacks_signature_authenticates_no_body(client, key, project_id
     # HEAD is answered like GET: from the signed query, whatever body comes with it.
     assert client.open(f"{PATH}?{query}", method="HEAD", data=forged, headers=headers).status_code == 204
     assert [job.args[0]["recording_sid"] for job in queue.jobs] == [genuine["RecordingSid"]]
+
+
+# --- Redis errors other than an outage ---------------------------------------------------------
+
+
+def test_a_redis_error_other_than_an_outage_is_a_500_not_the_inbox(client, key, project_id, store, redis_conn,
+                                                                   queue, caplog):
+    """The inbox is for an unreachable Redis: a failing script would fail its drain the same way."""
+    assert post(client, key, callback_params(project_id)).status_code == 204  # Redis now holds the job template
+    templates = list(redis_conn.scan_iter("recording-keeper:job-template:*"))
+    assert templates
+    for name in templates:  # the script's HGETALL now fails: WRONGTYPE
+        redis_conn.set(name, "not a hash")
+    with caplog.at_level(logging.ERROR):
+        response = post(client, key, callback_params(project_id))
+    assert response.status_code == 500 and response.get_json()["error"]["status"] == 500
+    assert store.inbox_take(10) == []
+    assert queue.count == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert len(errors) == 1
+    logged = "".join(traceback.format_exception(*errors[0].exc_info))
+    # The traceback reaches the script's call, not only the hand-off between threads.
+    assert "WRONGTYPE" in logged and "in enqueue_many" in logged
