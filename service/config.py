@@ -37,6 +37,10 @@ class Settings:
     database_url: str
     port: int = 5000
     web_concurrency: int = 2
+    # Connections each SQLAlchemy engine keeps, and how many more it may open in a burst. A
+    # web process has one engine, a worker process two (README, "Database connections").
+    database_pool_size: int = 3
+    database_max_overflow: int = 3
     # Opt-out for local experiments only: accept unsigned callbacks (logged loudly).
     allow_unsigned_webhooks: bool = False
     queue_name: str = "recordings"
@@ -176,6 +180,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     settings = dict(
         port=_int(env, "PORT", 5000, problems, minimum=1),
         web_concurrency=_int(env, "WEB_CONCURRENCY", 2, problems, minimum=1),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", Settings.database_pool_size, problems, minimum=1),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", Settings.database_max_overflow, problems, minimum=0),
         dedupe_ttl=_int(env, "DEDUPE_TTL", 24 * 3600, problems, minimum=60),
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
         sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),

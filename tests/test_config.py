@@ -92,3 +92,15 @@ def test_public_base_url_with_query_or_fragment_is_refused(url):
     with pytest.raises(ConfigError) as info:
         load_settings(dict(GOOD, PUBLIC_BASE_URL=url))
     assert info.value.problems == ["PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)"]
+
+
+def test_pool_settings_have_defaults_and_are_checked():
+    settings = load_settings(GOOD)
+    assert (settings.database_pool_size, settings.database_max_overflow) == (3, 3)
+    settings = load_settings(dict(GOOD, DATABASE_POOL_SIZE="10", DATABASE_MAX_OVERFLOW="0"))
+    assert (settings.database_pool_size, settings.database_max_overflow) == (10, 0)
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, DATABASE_POOL_SIZE="0", DATABASE_MAX_OVERFLOW="-1"))
+    assert info.value.problems == ["DATABASE_POOL_SIZE must be at least 1 (got 0)",
+                                   "DATABASE_MAX_OVERFLOW must be at least 0 (got -1)"]
+
