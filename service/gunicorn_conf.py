@@ -27,3 +27,19 @@ graceful_timeout = 25
 timeout = 30
 keepalive = 5
 accesslog = None
+
+# Before reusing a connection, gunicorn reads whatever of the request body the app left
+# unread, at most 64 KB; past that it closes the connection, after a response that already
+# announced keep-alive, and the client's next request on it is lost. The app leaves a body
+# unread when it refuses it (413 over its limit, a 401, a 404). Callbacks are at most 64 KB
+# and the API's bodies far smaller, so a larger body, or one of unknown length (chunked),
+# gets `Connection: close` instead: the client opens a new connection for its next request.
+# Reading such a body to its end instead would hold one of the process's threads for as long
+# as the sender takes to send bytes that are thrown away.
+DRAINED_BODY_BYTES = 64 * 1024
+
+
+def pre_request(worker, req):
+    headers = dict(req.headers)  # upper-case names; gunicorn refuses a repeated Content-Length
+    if "TRANSFER-ENCODING" in headers or int(headers.get("CONTENT-LENGTH") or 0) > DRAINED_BODY_BYTES:
+        req.force_close()

@@ -1,22 +1,28 @@
 """The web process as the Procfile starts it: real gunicorn (gthread) with service/gunicorn_conf.py,
-and start-up refusing a bad configuration with a clear message."""
+a real keep-alive HTTP client, and start-up refusing a bad configuration with a clear message."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import runpy
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.fixtures.app import API_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def procfile_command(process: str) -> list[str]:
@@ -51,6 +57,92 @@ def service_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
     )
     env.update(overrides)
     return env
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """The Procfile's web process, one gunicorn worker process, on a loopback port."""
+    port = free_port()
+    env = service_env(tmp_path_factory.mktemp("web"), WEB_CONCURRENCY="1", GUNICORN_THREADS="4")
+    proc = subprocess.Popen([*procfile_command("web"), "--bind", f"127.0.0.1:{port}"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "web process did not start"
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _exchange(conn: http.client.HTTPConnection, method: str, path: str, body=None, headers=None):
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def _chunks(total: int, size: int = 64 * 1024):
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+@pytest.mark.parametrize("path, body, headers, status", [
+    # Over the API's 256 KB: refused before it is read.
+    ("/api/calls/{uuid}/recordings", b'{"channels": "' + b"x" * (1024 * 1024) + b'"}',
+     dict(AUTH, **{"Content-Type": "application/json"}), 413),
+    # Over the callbacks' 64 KB.
+    ("/webhooks/recording-status", b"RecordingSid=x&Padding=" + b"x" * (100 * 1024),
+     {"Content-Type": "application/x-www-form-urlencoded"}, 413),
+    # Of unknown length (chunked): werkzeug reads it up to the 64 KB limit only, and the form
+    # cut there carries no signature.
+    ("/webhooks/recording-status", lambda: _chunks(1024 * 1024),
+     {"Content-Type": "application/x-www-form-urlencoded"}, 403),
+    # Refused by the bearer check, before anything reads the body.
+    ("/api/calls/{uuid}/recordings", b"{}" + b" " * (300 * 1024), {"Content-Type": "application/json"}, 401),
+], ids=["api-1MB", "callback-100KB", "callback-chunked-1MB", "unauthenticated-300KB"])
+def test_a_refused_unread_body_leaves_the_connection_usable(web, path, body, headers, status):
+    # http.client reuses the connection unless the response said `Connection: close`, and then
+    # opens a new one by itself, as a router or an HTTP client library does.
+    conn = http.client.HTTPConnection("127.0.0.1", web, timeout=10)
+    try:
+        refused, payload = _exchange(conn, "POST", path.format(uuid=uuid.uuid4()),
+                                     body() if callable(body) else body, headers)
+        assert refused.status == status and json.loads(payload)["error"]["status"] == status
+        # The next requests on this client are answered.
+        assert _exchange(conn, "GET", "/healthz")[0].status == 200
+        assert _exchange(conn, "POST", "/webhooks/recording-status", b"A=1",
+                         {"Content-Type": "application/x-www-form-urlencoded"})[0].status == 403
+    finally:
+        conn.close()
+
+
+def test_small_requests_keep_the_connection_alive(web):
+    conn = http.client.HTTPConnection("127.0.0.1", web, timeout=10)
+    try:
+        first, _ = _exchange(conn, "POST", f"/api/calls/{uuid.uuid4()}/recordings", b'{"nope": 1}',
+                             dict(AUTH, **{"Content-Type": "application/json"}))
+        assert first.status == 422 and first.getheader("Connection") == "keep-alive"
+        sock = conn.sock
+        second, _ = _exchange(conn, "POST", "/webhooks/recording-status", b"A=" + b"1" * 60_000,
+                              {"Content-Type": "application/x-www-form-urlencoded"})
+        assert second.status == 403 and second.getheader("Connection") == "keep-alive"
+        assert conn.sock is sock  # the same connection
+    finally:
+        conn.close()
+
+
+# --- start-up ------------------------------------------------------------------------------
 
 
 def _start(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
