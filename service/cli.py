@@ -10,11 +10,15 @@ from service.config import ConfigError, load_settings
 from service.logs import configure_logging
 
 
-def _settings():
+def _checked_settings():
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc))
+
+
+def _settings():
+    settings = _checked_settings()
     configure_logging(settings.log_level, settings.secrets)
     return settings
 
@@ -36,6 +40,20 @@ def migrate() -> None:
     store.migrate()
     store.dispose()
     click.echo("database is up to date")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def web(gunicorn_args: tuple[str, ...]) -> None:
+    """Run the web process (the Procfile's web line): gunicorn serving the app with
+    service/gunicorn_conf.py, once the configuration is checked. Extra arguments go to gunicorn."""
+    # Checked before gunicorn is imported: gunicorn parses WEB_CONCURRENCY on import with a
+    # bare int(), and a bad value would end in its traceback instead of this message.
+    _checked_settings()
+    from gunicorn.app.wsgiapp import run
+
+    sys.argv = ["gunicorn", "service:create_app()", "-c", "python:service.gunicorn_conf", *gunicorn_args]
+    run(prog="gunicorn")
 
 
 def _services(settings):

@@ -26,6 +26,18 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """What the gunicorn configuration needs (service/gunicorn_conf.py): checked on its own,
+    because gunicorn reads its configuration before it loads the app, whose own check
+    (load_settings) names every other problem."""
+
+    port: int = 5000
+    web_concurrency: int = 2
+    # gunicorn gthread threads per web process.
+    gunicorn_threads: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     signalwire_space: str
     signalwire_project_id: str
@@ -35,8 +47,13 @@ class Settings:
     service_api_token: str = dataclasses.field(repr=False)
     redis_url: str
     database_url: str
-    port: int = 5000
-    web_concurrency: int = 2
+    port: int = WebSettings.port
+    web_concurrency: int = WebSettings.web_concurrency
+    gunicorn_threads: int = WebSettings.gunicorn_threads
+    # Connections each SQLAlchemy engine keeps, and how many more it may open in a burst. A
+    # web process has one engine, a worker process two (README, "Database connections").
+    database_pool_size: int = 3
+    database_max_overflow: int = 3
     # Opt-out for local experiments only: accept unsigned callbacks (logged loudly).
     allow_unsigned_webhooks: bool = False
     queue_name: str = "recordings"
@@ -97,7 +114,8 @@ def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
     return parts.scheme in schemes and bool(parts.hostname)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -108,6 +126,8 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], m
         return default
     if value < minimum:
         problems.append(f"{name} must be at least {minimum} (got {value})")
+    elif maximum is not None and value > maximum:
+        problems.append(f"{name} must be at most {maximum} (got {value})")
     return value
 
 
@@ -119,6 +139,23 @@ def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
         return True
     problems.append(f"{name} must be true or false (got {raw!r})")
     return False
+
+
+def _web_values(env: Mapping[str, str], problems: list[str]) -> dict[str, int]:
+    return dict(
+        port=_int(env, "PORT", WebSettings.port, problems, minimum=1, maximum=65535),
+        web_concurrency=_int(env, "WEB_CONCURRENCY", WebSettings.web_concurrency, problems, minimum=1),
+        gunicorn_threads=_int(env, "GUNICORN_THREADS", WebSettings.gunicorn_threads, problems, minimum=1),
+    )
+
+
+def load_web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
+    """PORT, WEB_CONCURRENCY and GUNICORN_THREADS only, checked as load_settings checks them."""
+    problems: list[str] = []
+    values = _web_values(os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return WebSettings(**values)
 
 
 def default_database_url() -> str:
@@ -174,8 +211,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         problems.append("DATABASE_URL must be a postgres://, postgresql:// or sqlite:/// URL")
 
     settings = dict(
-        port=_int(env, "PORT", 5000, problems, minimum=1),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, problems, minimum=1),
+        **_web_values(env, problems),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", Settings.database_pool_size, problems, minimum=1),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", Settings.database_max_overflow, problems, minimum=0),
         dedupe_ttl=_int(env, "DEDUPE_TTL", 24 * 3600, problems, minimum=60),
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
         sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -135,6 +136,54 @@ def test_url_forms(database_url, tmp_path):
         "postgresql+psycopg://u@h/db?options=-csearch_path%3Dx"
     )
     assert normalise_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+
+
+def test_pool_settings_bound_the_connections_a_burst_opens(database_url, store, tmp_path):
+    """DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW reach the engine a process builds: a burst of
+    8 threads gets 3 connections at once, and 2 stay open after it."""
+    import uuid
+
+    from service.config import load_settings
+    from service.services import Services
+
+    postgres = database_url.startswith("postgresql://")
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    url = f"{database_url}&application_name={name}" if postgres else database_url
+    env = {"SIGNALWIRE_SPACE": "example.signalwire.com", "SIGNALWIRE_PROJECT_ID": "p", "SIGNALWIRE_API_TOKEN": "t",
+           "SIGNALWIRE_SIGNING_KEY": "k", "PUBLIC_BASE_URL": "https://r.example.com",
+           "SERVICE_API_TOKEN": "t" * 16, "REDIS_URL": "redis://127.0.0.1:9", "DATABASE_URL": url,
+           "DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "1"}
+    services = Services(load_settings(env))
+    engine = services.store.engine
+
+    def server_connections() -> int:
+        # Counted by PostgreSQL itself; on SQLite, by the pool.
+        if not postgres:
+            return engine.pool.checkedout()
+        with store.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                                {"name": name}).scalar_one()
+
+    def hold() -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            time.sleep(0.3)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        peak = 0
+        while any(thread.is_alive() for thread in threads):
+            peak = max(peak, server_connections())
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join()
+        assert peak == 3
+        if postgres:
+            assert server_connections() == 2  # the pool keeps 2; the overflow one was closed
+    finally:
+        services.close()
 
 
 def test_ping_fails_on_a_dead_database(database_url, tmp_path):

@@ -71,6 +71,10 @@ return created
 
 Outcome = Literal["queued", "duplicate", "inbox"]
 
+# Redis is out of reach (connection lost or refused, a timeout, still loading its data, and
+# their other subclasses): the inbox keeps the callback until the workers' drain reaches Redis.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
+
 
 class Unavailable(Exception):
     """Neither Redis nor the database could take the event: the sender must retry."""
@@ -177,10 +181,13 @@ class Ingest:
         return self._template
 
     def submit(self, event: CallbackEvent) -> Outcome:
-        """Queue one callback from a web request; concurrent requests share a round trip."""
+        """Queue one callback from a web request; concurrent requests share a round trip.
+
+        Raises any other Redis error (a failing script, a key of the wrong type): the inbox
+        would only hold the callback for a drain that fails the same way."""
         try:
             return "queued" if self._group.submit(event) else "duplicate"
-        except redis.RedisError as exc:
+        except REDIS_OUTAGE as exc:
             log.warning("redis unavailable (%s); keeping callback %s in the inbox", type(exc).__name__, event.dedupe_key)
         try:
             self.store.inbox_put(event.to_payload())
@@ -271,4 +278,5 @@ class _Ticket:
         if self.error is None:
             return self.result
         # Each waiter raises its own copy: threads re-raising one object would tangle its traceback.
-        raise copy.copy(self.error)
+        # The original, chained as the cause, keeps where the error came from for the logs.
+        raise copy.copy(self.error) from self.error

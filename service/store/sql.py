@@ -119,12 +119,19 @@ def temporary_schema(server_url: str, prefix: str) -> Iterator[str]:
 
 
 class Store:
-    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, *, pool_size: int | None = None,
+                 max_overflow: int | None = None, **engine_kwargs: Any) -> None:
+        """`pool_size` connections are kept, up to `max_overflow` more opened in a burst (None:
+        SQLAlchemy's 5 and 10). An in-memory SQLite database has one connection per thread."""
         self.url = database_url(url)
         connect_args = engine_kwargs.setdefault("connect_args", {})
         backend = self.url.get_backend_name()
+        in_memory = backend == "sqlite" and self.url.database in (None, "", ":memory:")
+        if not in_memory:
+            pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+            engine_kwargs.update({k: v for k, v in pool.items() if v is not None})
         if backend == "sqlite":
-            if self.url.database and self.url.database != ":memory:":
+            if not in_memory:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
             # Pooled connections are handed between threads, one user at a time.
