@@ -84,6 +84,7 @@ def _failed_jobs(services):
 def _describe(job) -> dict:
     """What an operator needs about one dead letter."""
     from service.recordings import CallbackEvent
+    from workers import rq_adapter
 
     sid = status = "?"
     try:
@@ -95,8 +96,6 @@ def _describe(job) -> dict:
         parts = (job.description or "").split()
         if len(parts) >= 3 and parts[0] == "recording":
             sid, status = parts[1], parts[2]
-    configured = len(job.retry_intervals or ())
-    attempts = max(configured - (job.retries_left or 0), 0) + 1
     result = job.latest_result()
     exc = (result.exc_string if result is not None else None) or ""
     lines = [line.strip() for line in exc.strip().splitlines() if line.strip()]
@@ -105,7 +104,7 @@ def _describe(job) -> dict:
         "id": job.id,
         "recording_sid": sid,
         "status": status,
-        "attempts": attempts,
+        "attempts": rq_adapter.attempts(job),
         "recoveries": int((job.meta or {}).get("recoveries", 0)),
         "error": lines[-1] if lines else "",
         "failed_at": failed_at.isoformat() if failed_at else "",
@@ -141,6 +140,8 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import Job
 
+    from workers import rq_adapter
+
     if bool(job_ids) == replay_all:
         raise click.UsageError("give JOB_ID(s) or --all")
     settings = _settings()
@@ -152,8 +153,7 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
         for job_id in ids:
             try:
                 job = Job.fetch(job_id, connection=services.redis, serializer=services.queue.serializer)
-                if job.retry_intervals:
-                    job.retries_left = len(job.retry_intervals)  # a replay gets the full retry policy again
+                rq_adapter.restore_retries(job)  # a replay gets the full retry policy again
                 job.meta.pop("recoveries", None)
                 registry.requeue(job)
             except (NoSuchJobError, InvalidJobOperation):

@@ -11,7 +11,7 @@ from rq import Retry, SimpleWorker
 
 from service.cli import main
 from service.config import load_settings
-from service.ingest import FAILURE_TTL, JOB_FUNC
+from service.ingest import FAILURE_TTL, JOB_FUNC, Ingest, job_id_for
 from service.recordings import CallbackEvent
 from service.services import queue_for
 
@@ -89,6 +89,26 @@ def test_failed_lists_dead_letters_and_replay_runs_them_again(cli_env, store, sa
     stored = store.get(recording.sid)
     assert stored["status"] == "completed" and stored["last_error"] is None and stored["last_fetched_at"]
     assert run("failed").strip() == "no failed jobs"
+
+
+def test_refused_credentials_fail_the_job_at_once_with_the_reason(cli_env, store, sandbox, sw_client, redis_conn):
+    queue = queue_for(load_settings(cli_env), redis_conn)
+    recording = completed_recording(sandbox, sw_client)
+    event = completed_event(recording)
+    assert Ingest(queue, store, dedupe_ttl=60).enqueue(event)  # with the full retry policy
+    sandbox.fail_next(401, message="Authentication failed")
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+
+    assert queue.failed_job_registry.get_job_ids() == [job_id_for(event)]
+    assert queue.scheduled_job_registry.get_job_ids() == []  # no retry waits
+    out = run("failed")
+    assert f"recording={recording.sid} status=completed attempts=1" in out
+    assert "PermanentFailure: SignalWire refused our credentials: Authentication failed (status=401" in out
+
+    # Credentials fixed: a replay stores it, with the whole retry policy back.
+    assert f"{job_id_for(event)}: requeued" in run("replay", job_id_for(event))
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert store.get(recording.sid)["last_fetched_at"] and run("failed").strip() == "no failed jobs"
 
 
 def test_replay_all_and_usage_errors(cli_env, sandbox, sw_client, redis_conn):
