@@ -122,3 +122,21 @@ def test_replay_all_and_usage_errors(cli_env, sandbox, sw_client, redis_conn):
     assert "not a failed job" in run("replay", "no-such-job", expect=1)
     out = run("replay", "--all")
     assert "replayed 2 job(s)" in out and queue.count == 2
+
+
+def test_failed_lists_the_inbox_rows_set_aside_and_replay_hands_them_back(cli_env, store):
+    kept = store.inbox_put({"recording_sid": "r", "field_of_a_later_release": 1})
+    store.inbox_failed(kept, "TypeError: unexpected keyword argument 'field_of_a_later_release'", set_aside_after=1)
+    other = store.inbox_put({"recording_sid": "r2", "field_of_a_later_release": 1})  # not set aside (yet)
+
+    out = run("failed")
+    assert out.startswith("no failed jobs\n")  # RQ's dead letters, then the inbox's
+    assert f"inbox row {kept}  received_at=" in out and "tries=1 set_aside_at=" in out
+    assert "error: TypeError: unexpected keyword argument 'field_of_a_later_release'" in out
+    assert f"inbox row {other} " not in out and "1 inbox row(s) set aside" in out
+
+    assert "inbox row 999999: not set aside" in run("replay", "--inbox", str(kept), "999999", expect=1)
+    assert [row_id for row_id, _ in store.inbox_take()] == [kept, other]
+    assert run("failed").strip() == "no failed jobs"
+    run("replay", "--inbox", "x", expect=2)
+    assert "released 0 inbox row(s)" in run("replay", "--inbox", "--all")

@@ -90,7 +90,7 @@ def test_migrations_apply_from_empty_and_match_the_models(database_url):
         assert indexes["ix_recordings_call_created"] == ["call_sid", "created_at", "sid"]
         assert indexes["ix_recordings_status_created"] == ["status", "created_at", "sid"]
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
         store.ping()
@@ -530,3 +530,29 @@ def test_inbox_put_take_delete(store):
     assert store.inbox_take() == list(zip(ids[3:], payloads[3:]))
     store.inbox_delete(ids)
     assert store.inbox_take() == []
+
+
+def test_inbox_take_pages_on_after_an_id(store):
+    ids = [store.inbox_put({"n": n}) for n in range(5)]
+    assert [row_id for row_id, _ in store.inbox_take(limit=2, after_id=ids[1])] == ids[2:4]
+    assert store.inbox_take(limit=2, after_id=ids[-1]) == []
+
+
+def test_inbox_rows_that_keep_failing_are_set_aside_and_can_be_released(store):
+    bad, good = store.inbox_put({"bad": 1}), store.inbox_put({"good": 1})
+    assert not store.inbox_failed(bad, "TypeError: first", set_aside_after=2)
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good]  # still taken
+    assert store.inbox_set_aside() == []
+    assert store.inbox_failed(bad, "TypeError: second", set_aside_after=2)  # this try set it aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [good]
+    assert not store.inbox_failed(bad, "TypeError: again", set_aside_after=2)  # already aside: unchanged
+
+    [aside] = store.inbox_set_aside()
+    assert (aside["id"], aside["attempts"], aside["last_error"]) == (bad, 2, "TypeError: second")
+    assert parse(aside["created_at"]) <= parse(aside["set_aside_at"])
+
+    assert store.inbox_release([good, bad]) == [bad]  # only rows set aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good] and store.inbox_set_aside() == []
+    assert not store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)  # tries start over
+    store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)
+    assert store.inbox_release() == [bad]
