@@ -48,7 +48,7 @@ def handle_callback(store, client: SignalWireClient, event: CallbackEvent, now: 
             store.note_attempt(event.recording_sid, reason)
             raise PermanentFailure(reason) from exc
         if absent_without_resource(event, exc, now or datetime.now(timezone.utc)):
-            store.note_not_found(event.recording_sid, str(exc))
+            store.note_attempt(event.recording_sid, str(exc), not_found=True)
             log.info("recording %s is absent and has no resource (%s); kept as absent", event.recording_sid, exc)
             return "absent, no resource"
         store.note_attempt(event.recording_sid, str(exc))

@@ -293,26 +293,18 @@ class Store:
             statements["record"] = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
         return statements
 
-    def note_attempt(self, sid: str, error: str | None) -> None:
-        with self._write(pipelined=True) as conn:
-            conn.execute(
-                sa.update(R).where(R.c.sid == sid).values(attempts=R.c.attempts + 1, last_error=error, updated_at=_now())
-            )
-
-    def note_not_found(self, sid: str, error: str) -> None:
-        """The API answered 404 for this recording: noted like any failed attempt. For one
-        whose status is `absent` it is also final: SignalWire received no audio and may never
-        create a resource, so last_fetched_at records that the API was asked and answered,
-        and the sweep leaves it (see unfinished()). Decided in SQL, on the stored status."""
+    def note_attempt(self, sid: str, error: str | None, *, not_found: bool = False) -> None:
+        """A failed fetch: counted, its error kept. `not_found` (the API answered 404) is final
+        for a recording whose status is `absent`: SignalWire received no audio and may never
+        create a resource, so last_fetched_at records that the API was asked and answered, and
+        the sweep leaves it (see unfinished()). Decided in SQL, on the stored status."""
         now = _now()
+        values = {"attempts": R.c.attempts + 1, "last_error": error, "updated_at": now}
+        if not_found:
+            values["last_fetched_at"] = sa.case((R.c.status == "absent", sa.literal(now, UTCDateTime())),
+                                                else_=R.c.last_fetched_at)
         with self._write(pipelined=True) as conn:
-            conn.execute(
-                sa.update(R).where(R.c.sid == sid).values(
-                    attempts=R.c.attempts + 1, last_error=error, updated_at=now,
-                    last_fetched_at=sa.case((R.c.status == "absent", sa.literal(now, UTCDateTime())),
-                                            else_=R.c.last_fetched_at),
-                )
-            )
+            conn.execute(sa.update(R).where(R.c.sid == sid).values(values))
 
     # --- reads -------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ callbacks left unfinished or never told us about.
     same way and the recording is left unfinished: it is retried by the next sweeps and stays
     visible to operators, never deleted or guessed terminal. Except for an `absent` one:
     SignalWire may never create its resource, so the 404 is its final answer (it keeps its
-    status and is not fetched again; see Store.note_not_found).
+    status and is not fetched again; see Store.note_attempt).
 (b) when `list_hours > 0`: list the account's recordings created in the last `list_hours`
     hours and store every one the store does not have, or has unfinished as in (a)
     (a `<Record>` verb whose callbacks were all dropped is found only this way).
@@ -146,10 +146,7 @@ def _note(report: SweepReport, message: str) -> None:
 
 def _note_attempt(store, sid: str, error: str, not_found: bool = False) -> None:
     try:
-        if not_found:  # final for an absent recording, retried by the next sweeps otherwise
-            store.note_not_found(sid, error)
-        else:
-            store.note_attempt(sid, error)
+        store.note_attempt(sid, error, not_found=not_found)
     except Exception as exc:  # the database may be the problem: best effort
         log.warning("could not record the error on %s: %s", sid, type(exc).__name__)
 

@@ -321,6 +321,18 @@ def test_note_attempt(store):
     assert (got["attempts"], got["last_error"]) == (3, None)
 
 
+def test_a_404_is_final_for_an_absent_recording_only(store):
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    store.record_event(event("rec-absent", "absent"))
+    store.record_event(event("rec-completed", "completed"))
+    for sid in ("rec-absent", "rec-completed"):
+        store.note_attempt(sid, "not found (status=404)", not_found=True)
+    absent, completed = store.get("rec-absent"), store.get("rec-completed")
+    assert absent["status"] == "absent" and absent["last_fetched_at"] and absent["attempts"] == 1
+    assert completed["last_fetched_at"] is None and completed["attempts"] == 1  # metadata may lag
+    assert store.unfinished(older_than=later) == ["rec-completed"]
+
+
 def test_concurrent_writers_end_with_one_row_and_the_highest_status(store):
     sids = [f"race-{n}" for n in range(4)]
     statuses = ["in-progress", "completed", "in-progress", "processing", "completed"]
