@@ -91,7 +91,7 @@ def test_migrations_apply_from_empty_and_match_the_models(database_url):
         assert indexes["ix_recordings_call_created"] == ["call_sid", "created_at", "sid"]
         assert indexes["ix_recordings_status_created"] == ["status", "created_at", "sid"]
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
         store.ping()
@@ -370,6 +370,18 @@ def test_note_attempt(store):
     assert (got["attempts"], got["last_error"]) == (3, None)
 
 
+def test_a_404_is_final_for_an_absent_recording_only(store):
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    store.record_event(event("rec-absent", "absent"))
+    store.record_event(event("rec-completed", "completed"))
+    for sid in ("rec-absent", "rec-completed"):
+        store.note_attempt(sid, "not found (status=404)", not_found=True)
+    absent, completed = store.get("rec-absent"), store.get("rec-completed")
+    assert absent["status"] == "absent" and absent["last_fetched_at"] and absent["attempts"] == 1
+    assert completed["last_fetched_at"] is None and completed["attempts"] == 1  # metadata may lag
+    assert store.unfinished(older_than=later) == ["rec-completed"]
+
+
 def test_concurrent_writers_end_with_one_row_and_the_highest_status(store):
     sids = [f"race-{n}" for n in range(4)]
     statuses = ["in-progress", "completed", "in-progress", "processing", "completed"]
@@ -579,3 +591,29 @@ def test_inbox_put_take_delete(store):
     assert store.inbox_take() == list(zip(ids[3:], payloads[3:]))
     store.inbox_delete(ids)
     assert store.inbox_take() == []
+
+
+def test_inbox_take_pages_on_after_an_id(store):
+    ids = [store.inbox_put({"n": n}) for n in range(5)]
+    assert [row_id for row_id, _ in store.inbox_take(limit=2, after_id=ids[1])] == ids[2:4]
+    assert store.inbox_take(limit=2, after_id=ids[-1]) == []
+
+
+def test_inbox_rows_that_keep_failing_are_set_aside_and_can_be_released(store):
+    bad, good = store.inbox_put({"bad": 1}), store.inbox_put({"good": 1})
+    assert not store.inbox_failed(bad, "TypeError: first", set_aside_after=2)
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good]  # still taken
+    assert store.inbox_set_aside() == []
+    assert store.inbox_failed(bad, "TypeError: second", set_aside_after=2)  # this try set it aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [good]
+    assert not store.inbox_failed(bad, "TypeError: again", set_aside_after=2)  # already aside: unchanged
+
+    [aside] = store.inbox_set_aside()
+    assert (aside["id"], aside["attempts"], aside["last_error"]) == (bad, 2, "TypeError: second")
+    assert parse(aside["created_at"]) <= parse(aside["set_aside_at"])
+
+    assert store.inbox_release([good, bad]) == [bad]  # only rows set aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good] and store.inbox_set_aside() == []
+    assert not store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)  # tries start over
+    store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)
+    assert store.inbox_release() == [bad]

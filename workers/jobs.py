@@ -1,4 +1,5 @@
-"""RQ jobs. Thin: decode the payload, call the domain, let RQ's retry policy handle failure."""
+"""RQ jobs. Thin: decode the payload, call the domain, let RQ's retry policy handle failure
+(except a PermanentFailure, which fails the job at once)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import logging
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import load_settings
-from service.domain.processing import handle_callback
+from service.domain.processing import PermanentFailure, handle_callback
 from service.domain.recordings import CallbackEvent
 from service.services import Services
+from workers import rq_adapter
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ def process_callback(payload: dict) -> str:
     event = CallbackEvent.from_payload(payload)
     try:
         return handle_callback(s.store, s.signalwire, event)
+    except PermanentFailure:
+        rq_adapter.give_up_retries()  # into the failed registry now, with this reason
+        raise
     except SQLAlchemyError as exc:
         _note_database_error(s, event.recording_sid, exc)
         raise

@@ -34,6 +34,8 @@ JOB_FUNC = "workers.jobs.process_callback"
 # outage that long still ends with the callback stored, not in the dead letters.
 RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3600, 3600, 3600, 3600, 3600)
 RESULT_TTL = 600
+# Drains (INBOX_DRAIN_INTERVAL apart) that try an unreadable inbox row before setting it aside.
+INBOX_TRIES = 5
 FAILURE_TTL = 7 * 24 * 3600
 
 # KEYS: set of queues, job template, queue key, then per event: dedupe key, job key.
@@ -197,25 +199,34 @@ class Ingest:
         return "inbox"
 
     def drain_inbox(self, batch: int = 200) -> int:
-        """Move inbox rows into RQ; a row is deleted only after its job exists.
+        """Move inbox rows into RQ, oldest first; a row is deleted only after its job exists.
 
-        A row this release cannot read (written by another one) stays for an operator, and
-        does not hold up the rows behind it."""
-        moved = 0
+        A row this release cannot read (written by another one, say) holds up nothing: the
+        drain pages on past it, and after INBOX_TRIES tries it is set aside, kept in the
+        database for an operator (`python -m service failed`) and no longer taken."""
+        moved, after_id = 0, None
         while True:
-            rows = self.store.inbox_take(batch)
+            rows = self.store.inbox_take(batch, after_id=after_id)
             events, done = [], []
             for row_id, payload in rows:
                 try:
                     events.append(CallbackEvent.from_payload(payload))
                     done.append(row_id)
                 except (TypeError, ValueError) as exc:
-                    log.error("inbox row %s cannot be read (%s); left in the inbox", row_id, type(exc).__name__)
+                    self._unreadable(row_id, exc)
             self.enqueue_many(events)
             self.store.inbox_delete(done)
             moved += len(done)
-            if len(rows) < batch or not done:
+            if len(rows) < batch:
                 return moved
+            after_id = rows[-1][0]
+
+    def _unreadable(self, row_id: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if self.store.inbox_failed(row_id, error, set_aside_after=INBOX_TRIES):
+            log.error("inbox row %s cannot be read (%s); set aside after %d tries", row_id, error, INBOX_TRIES)
+        else:
+            log.warning("inbox row %s cannot be read (%s); tried again at the next drain", row_id, error)
 
 
 class GroupCommit:
