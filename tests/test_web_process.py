@@ -72,7 +72,7 @@ def web(tmp_path_factory):
             try:
                 if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # refused, or still booting
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "web process did not start"
             time.sleep(0.1)
