@@ -94,9 +94,10 @@ def test_refused_credentials_are_a_permanent_failure(store, sandbox, sw_client, 
 
 
 def absent_recording(sandbox, sw_client):
-    recording = sw_client.create_recording(str(uuid.uuid4()), status_callback="http://127.0.0.1:1/cb")
-    sandbox.make_silent(recording.call_sid)
-    sandbox.end_call(recording.call_sid)  # no audio: it ends absent
+    call_sid = str(uuid.uuid4())
+    sandbox.make_silent(call_sid)  # no audio: its recording ends absent
+    recording = sw_client.create_recording(call_sid, status_callback="http://127.0.0.1:1/cb")
+    sandbox.end_call(call_sid)
     assert sandbox.recordings[recording.sid]["status"] == "absent"
     return recording
 

@@ -327,7 +327,6 @@ def test_a_worker_whose_redis_connection_went_half_open_carries_on(worker_env, r
         took = time.monotonic() - started
         print(f"the job ran {took:.1f} s after the worker started")
         assert REDIS_SOCKET_TIMEOUT <= took < REDIS_SOCKET_TIMEOUT + 15  # it did wait on that connection
-        assert workers.stop_all() == [0]
     finally:
         workers.stop_all()
         proxy.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -138,11 +139,9 @@ def test_url_forms(database_url, tmp_path):
     assert normalise_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
 
 
-def test_pool_settings_bound_the_connections_a_burst_opens(database_url, store, tmp_path):
+def test_pool_settings_bound_the_connections_a_burst_opens(database_url, store):
     """DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW reach the engine a process builds: a burst of
     8 threads gets 3 connections at once, and 2 stay open after it."""
-    import uuid
-
     from service.config import load_settings
     from service.services import Services
 
