@@ -8,7 +8,9 @@ import uuid
 from urllib.parse import urlencode
 
 import pytest
+import redis
 
+from devstack.redis_server import EmbeddedRedis
 from service import create_app
 from service.config import load_settings
 from service.pipelines.ingest import JOB_FUNC
@@ -180,6 +182,26 @@ def test_redis_down_falls_back_to_the_inbox(env, store, project_id):
         assert [payload["recording_sid"] for _, payload in rows] == [params["RecordingSid"]]
     finally:
         app.extensions["services"].close()
+
+
+def test_a_full_redis_keeps_callbacks_in_the_inbox(env, store, project_id):
+    """Out of memory under noeviction (Heroku Redis's default) is an outage, not a 500: the
+    database keeps the callback until the drain can write it."""
+    with EmbeddedRedis() as server:  # a server of its own: its memory limit is changed
+        app = create_app(load_settings(dict(env, REDIS_URL=server.url)))
+        admin = redis.Redis.from_url(server.url)
+        try:
+            key = env["SIGNALWIRE_SIGNING_KEY"]
+            assert post(app.test_client(), key, callback_params(project_id)).status_code == 204
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+            params = callback_params(project_id)
+            response = post(app.test_client(), key, params)
+            assert response.status_code == 204 and response.headers["X-Callback-Outcome"] == "inbox"
+            assert [p["recording_sid"] for _, p in store.inbox_take(10)] == [params["RecordingSid"]]
+        finally:
+            admin.close()
+            app.extensions["services"].close()
 
 
 def test_redis_and_database_down_is_503(env, store, project_id):

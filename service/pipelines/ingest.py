@@ -73,9 +73,18 @@ return created
 
 Outcome = Literal["queued", "duplicate", "inbox"]
 
-# Redis is out of reach (connection lost or refused, a timeout, still loading its data, and
-# their other subclasses): the inbox keeps the callback until the workers' drain reaches Redis.
-REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError)
+# Redis cannot take writes for now: out of reach (connection lost or refused, a timeout,
+# still loading its data), a replica after a failover (read-only), or full (OOM under
+# Heroku Redis's default noeviction; from a script, a plain ResponseError). The inbox
+# keeps the callback until the workers' drain gets it into Redis.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+                redis.exceptions.OutOfMemoryError)
+
+
+def redis_outage(exc: redis.RedisError) -> bool:
+    if isinstance(exc, REDIS_OUTAGE):
+        return True
+    return isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
 
 
 class Unavailable(Exception):
@@ -189,7 +198,9 @@ class Ingest:
         would only hold the callback for a drain that fails the same way."""
         try:
             return "queued" if self._group.submit(event) else "duplicate"
-        except REDIS_OUTAGE as exc:
+        except redis.RedisError as exc:
+            if not redis_outage(exc):
+                raise
             log.warning("redis unavailable (%s); keeping callback %s in the inbox", type(exc).__name__, event.dedupe_key)
         try:
             self.store.inbox_put(event.to_payload())
