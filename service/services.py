@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.signalwire.client import SignalWireClient, space_base_url
+from service.store.idempotency import IdempotencyKeys
 from service.store.sql import Store
 
 
@@ -58,6 +59,10 @@ class Services:
                      max_overflow=self.settings.database_max_overflow)
 
     @functools.cached_property
+    def idempotency(self) -> IdempotencyKeys:
+        return IdempotencyKeys(self.store)
+
+    @functools.cached_property
     def signalwire(self) -> SignalWireClient:
         return SignalWireClient(
             space_base_url(self.settings.signalwire_space),
@@ -73,3 +78,4 @@ class Services:
             close = getattr(obj, "close", None) or getattr(obj, "dispose", None)
             close()
         self.__dict__.pop("queue", None)
+        self.__dict__.pop("idempotency", None)
