@@ -1,0 +1,334 @@
+"""Notification endpoints and their deliveries in SQL: the outbox, the senders' claims, replays.
+
+A delivery is written by `enqueue_event` inside the transaction that stores the change it
+tells about, so either both are stored or neither is. Its body is built by that same
+statement from the recording row as the transaction leaves it, and the statement returns no
+rows, so on PostgreSQL it rides in the store's single-round-trip pipeline. One delivery per
+endpoint, recording and event type: running the same write again adds nothing.
+
+Senders claim due deliveries with a lease (next_attempt_at moved past the lease's end, and a
+token): a sender killed mid-delivery leaves the claim to expire, and the delivery is due again.
+On PostgreSQL concurrent claimers skip each other's rows (FOR UPDATE SKIP LOCKED); SQLite
+serialises writers, so its claim, one conditional UPDATE, is already exclusive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets as tokens
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from service.domain.recordings import format_time, parse_time
+from service.notify.events import ROTATION_OVERLAP
+from service.notify.signing import new_secret
+from service.store.models import NotificationDeliveryRow, NotificationEndpointRow, RecordingRow, UTCDateTime
+
+EP = NotificationEndpointRow.__table__
+D = NotificationDeliveryRow.__table__
+R = RecordingRow.__table__
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+DELIVERY_STATUSES = (PENDING, DELIVERED, FAILED)
+# What the API shows of a delivery (never the lease).
+DELIVERY_COLUMNS = (D.c.id, D.c.endpoint_id, D.c.event_type, D.c.recording_sid, D.c.status, D.c.attempts,
+                    D.c.last_status, D.c.last_error, D.c.last_attempt_at, D.c.next_attempt_at, D.c.created_at,
+                    D.c.updated_at)
+ENDPOINT_COLUMNS = tuple(c for c in EP.c if c.name != "secrets")
+
+# Set after a transaction that wrote deliveries commits: wakes this process's sender, so a
+# delivery written by a worker's job leaves at once instead of at the next poll.
+enqueued = threading.Event()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_message_id() -> str:
+    return "msg_" + tokens.token_hex(12)
+
+
+def events_text(events: Iterable[str] | None) -> str:
+    """The `events` column: " a b " (sorted, between spaces); "" subscribes to everything."""
+    chosen = sorted(set(events or ()))
+    return f" {' '.join(chosen)} " if chosen else ""
+
+
+def events_list(text: str) -> list[str]:
+    return text.split()
+
+
+def signing_keys(stored: list[dict], now: datetime) -> list[str]:
+    """The keys that still sign: the newest first, then any not yet past their expiry."""
+    return [s["key"] for s in stored if not s.get("expires_at") or parse_time(s["expires_at"]) > now]
+
+
+# --- the outbox ----------------------------------------------------------------------------
+
+_ENQUEUE: dict[tuple[str, bool, bool], sa.Executable] = {}
+
+
+def enqueue_event(conn: Connection, event_type: str, recording_sid: str, *, media: dict | None = None,
+                  if_status: str | None = None, now: datetime | None = None) -> None:
+    """Write `event_type` about a recording to the outbox of every enabled endpoint that
+    subscribes to it, in the caller's transaction (`conn`), after the recording's row is written.
+
+    `media` ({sha256, bytes, content_type}) goes into the body's data (recording.archived).
+    `if_status`: only if the stored recording has this status and its metadata (a lagging
+    snapshot that did not become the stored state raises nothing).
+    """
+    now = now or _now()
+    key = (conn.dialect.name, media is not None, if_status is not None)
+    statement = _ENQUEUE.get(key)
+    if statement is None:
+        statement = _ENQUEUE[key] = _enqueue_statement(*key)
+    params = {"msg_id": new_message_id() + "_", "event_type": event_type, "sid": recording_sid,
+              "ts": format_time(now), "now": now, "pattern": f"% {event_type} %"}
+    if media is not None:
+        params["media"] = json.dumps(media)
+    if if_status is not None:
+        params["if_status"] = if_status
+    conn.execute(statement, params)
+
+
+def _enqueue_statement(dialect: str, with_media: bool, with_status: bool) -> sa.Executable:
+    postgres = dialect == "postgresql"
+
+    def text(name: str) -> sa.ColumnElement:
+        return sa.cast(sa.bindparam(name, type_=sa.Text), sa.Text)
+
+    # The body's data, from the recording row as this transaction leaves it.
+    started_by_us = R.c.started_by_us if postgres else sa.func.json(
+        sa.case((R.c.started_by_us, "true"), else_="false"))
+    data = ["recording_sid", R.c.sid, "call_sid", R.c.call_sid, "account_sid", R.c.account_sid,
+            "status", R.c.status, "duration", R.c.duration, "channels", R.c.channels, "started_by_us", started_by_us]
+    if with_media:
+        media = sa.cast(text("media"), postgresql.JSONB) if postgres else sa.func.json(text("media"))
+        data += ["media", media]
+    build = sa.func.jsonb_build_object if postgres else sa.func.json_object
+    payload = build("type", text("event_type"), "timestamp", text("ts"), "data", build(*data))
+
+    now = sa.bindparam("now", type_=UTCDateTime())
+    conditions = [R.c.sid == sa.bindparam("sid", type_=R.c.sid.type), EP.c.disabled.is_(False),
+                  sa.or_(EP.c.events == "", EP.c.events.like(sa.bindparam("pattern", type_=sa.Text)))]
+    if with_status:
+        conditions += [R.c.status == sa.bindparam("if_status", type_=R.c.status.type), R.c.last_fetched_at.isnot(None)]
+    select = sa.select(
+        text("msg_id") + EP.c.id, EP.c.id, text("event_type"), R.c.sid, payload, sa.literal(PENDING), sa.literal(0),
+        now, now, now,
+    ).select_from(EP).join(R, sa.true()).where(*conditions)
+    insert = (postgresql.insert if postgres else sqlite.insert)(D).from_select(
+        ["id", "endpoint_id", "event_type", "recording_sid", "payload", "status", "attempts", "next_attempt_at",
+         "created_at", "updated_at"], select)
+    return insert.on_conflict_do_nothing(index_elements=[D.c.endpoint_id, D.c.recording_sid, D.c.event_type])
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A delivery leased to one sender: what it needs to make one attempt."""
+
+    id: str
+    endpoint_id: str
+    url: str | None  # None: the endpoint is disabled
+    keys: tuple[str, ...]
+    payload: dict
+    attempts: int  # including this one
+    lease: str
+
+
+class Notifications:
+    """Endpoints and deliveries, on the Store's engine."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.engine = store.engine
+        self._postgres = self.engine.dialect.name == "postgresql"
+
+    # --- endpoints --------------------------------------------------------------------------
+
+    def create_endpoint(self, url: str, events: list[str] | None, description: str = "") -> tuple[dict, str]:
+        """The new endpoint and its secret: the only time the secret leaves the store."""
+        now = _now()
+        secret = new_secret()
+        row = {"id": "ep_" + tokens.token_hex(12), "url": url, "events": events_text(events),
+               "description": description or "", "disabled": False, "secrets": [{"key": secret, "expires_at": None}],
+               "created_at": now, "updated_at": now}
+        with self.store._write() as conn:
+            conn.execute(sa.insert(EP).values(row))
+        return self.get_endpoint(row["id"]), secret
+
+    def list_endpoints(self) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*ENDPOINT_COLUMNS).order_by(EP.c.created_at, EP.c.id)).mappings()
+            return [_endpoint(row) for row in rows]
+
+    def get_endpoint(self, endpoint_id: str) -> dict | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*ENDPOINT_COLUMNS).where(EP.c.id == endpoint_id)).mappings().first()
+        return _endpoint(row) if row else None
+
+    def update_endpoint(self, endpoint_id: str, *, url: str | None = None, events: list[str] | None = None,
+                        description: str | None = None, disabled: bool | None = None) -> dict | None:
+        values: dict[str, Any] = {"updated_at": _now()}
+        if url is not None:
+            values["url"] = url
+        if events is not None:
+            values["events"] = events_text(events)
+        if description is not None:
+            values["description"] = description
+        if disabled is not None:
+            values["disabled"] = disabled
+            values["disabled_reason"] = "disabled through the API" if disabled else None
+        with self.store._write() as conn:
+            if conn.execute(sa.update(EP).where(EP.c.id == endpoint_id).values(values)).rowcount == 0:
+                return None
+        return self.get_endpoint(endpoint_id)
+
+    def delete_endpoint(self, endpoint_id: str) -> bool:
+        with self.store._write() as conn:
+            # Explicitly, not by the foreign key's cascade: SQLite enforces foreign keys only when asked.
+            conn.execute(sa.delete(D).where(D.c.endpoint_id == endpoint_id))
+            return conn.execute(sa.delete(EP).where(EP.c.id == endpoint_id)).rowcount > 0
+
+    def rotate_secret(self, endpoint_id: str, now: datetime | None = None) -> str | None:
+        """A new secret, signing from now on; the ones before it keep signing alongside it for
+        ROTATION_OVERLAP (an earlier, shorter expiry stands), expired ones are dropped."""
+        now = now or _now()
+        secret = new_secret()
+        until = now + ROTATION_OVERLAP
+        with self.store._write() as conn:
+            stored = conn.execute(sa.select(EP.c.secrets).where(EP.c.id == endpoint_id)).scalar_one_or_none()
+            if stored is None:
+                return None
+            kept = []
+            for s in stored:
+                expires = parse_time(s.get("expires_at")) or until
+                if expires > now:
+                    kept.append({"key": s["key"], "expires_at": format_time(min(expires, until))})
+            conn.execute(sa.update(EP).where(EP.c.id == endpoint_id).values(
+                secrets=[{"key": secret, "expires_at": None}, *kept], updated_at=now))
+        return secret
+
+    # --- deliveries -------------------------------------------------------------------------
+
+    def list_deliveries(self, endpoint_id: str, *, status: str | None = None, limit: int = 100,
+                        cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """Newest first, keyset-paged on (created_at, id) like the recordings."""
+        from service.store.sql import decode_cursor, encode_cursor
+
+        query = sa.select(*DELIVERY_COLUMNS).where(D.c.endpoint_id == endpoint_id)
+        if status is not None:
+            query = query.where(D.c.status == status)
+        if cursor is not None:
+            after_time, after_id = decode_cursor(cursor)
+            query = query.where(sa.tuple_(D.c.created_at, D.c.id)
+                                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_id, D.c.id.type)))
+        query = query.order_by(D.c.created_at.desc(), D.c.id.desc()).limit(limit + 1)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+        return [_delivery(row) for row in page], next_cursor
+
+    def get_delivery(self, delivery_id: str, *, with_payload: bool = False) -> dict | None:
+        columns = (*DELIVERY_COLUMNS, D.c.payload) if with_payload else DELIVERY_COLUMNS
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*columns).where(D.c.id == delivery_id)).mappings().first()
+        return _delivery(row) if row else None
+
+    def replay(self, delivery_id: str) -> dict | None:
+        """Send a delivery again, whatever became of it, with the whole retry schedule again
+        (same webhook-id and body)."""
+        with self.store._write() as conn:
+            changed = conn.execute(_replay(D.c.id == delivery_id)).rowcount
+        if changed:
+            enqueued.set()
+        return self.get_delivery(delivery_id) if changed else None
+
+    def replay_failed(self, endpoint_id: str, since: datetime) -> int:
+        """Replay every failed delivery of an endpoint created at or after `since`."""
+        with self.store._write() as conn:
+            count = conn.execute(_replay(D.c.endpoint_id == endpoint_id, D.c.status == FAILED,
+                                         D.c.created_at >= since)).rowcount
+        if count:
+            enqueued.set()
+        return count
+
+    def counts(self) -> dict[str, int]:
+        """Deliveries by status (and how many pending ones are due now)."""
+        with self.engine.connect() as conn:
+            out = {status: 0 for status in DELIVERY_STATUSES}
+            out.update(conn.execute(sa.select(D.c.status, sa.func.count()).group_by(D.c.status)).all())
+            out["due"] = conn.execute(sa.select(sa.func.count()).where(
+                D.c.status == PENDING, D.c.next_attempt_at <= _now())).scalar_one()
+        return out
+
+    # --- the senders' side -------------------------------------------------------------------
+
+    def claim(self, limit: int, lease_seconds: float, now: datetime | None = None) -> list[Claim]:
+        """Lease up to `limit` due deliveries to the caller for `lease_seconds`, counting the
+        attempt now: if the sender dies, the delivery is due again when the lease ends."""
+        now = now or _now()
+        lease = tokens.token_hex(8)
+        due = (sa.select(D.c.id).where(D.c.status == PENDING, D.c.next_attempt_at <= now)
+               .order_by(D.c.next_attempt_at).limit(limit))
+        if self._postgres:
+            due = due.with_for_update(skip_locked=True)
+        claim = (sa.update(D).where(D.c.id.in_(due.scalar_subquery()))
+                 .values(lease=lease, attempts=D.c.attempts + 1, last_attempt_at=now, updated_at=now,
+                         next_attempt_at=now + timedelta(seconds=lease_seconds))
+                 .returning(D.c.id, D.c.endpoint_id, D.c.payload, D.c.attempts))
+        with self.store._write() as conn:
+            claimed = conn.execute(claim).all()
+            if not claimed:
+                return []
+            endpoints = {row.id: row for row in conn.execute(
+                sa.select(EP.c.id, EP.c.url, EP.c.disabled, EP.c.secrets)
+                .where(EP.c.id.in_({row.endpoint_id for row in claimed})))}
+        out = []
+        for row in claimed:
+            endpoint = endpoints.get(row.endpoint_id)
+            live = endpoint is not None and not endpoint.disabled
+            out.append(Claim(id=row.id, endpoint_id=row.endpoint_id, url=endpoint.url if live else None,
+                             keys=tuple(signing_keys(endpoint.secrets, now)) if live else (),
+                             payload=row.payload, attempts=row.attempts, lease=lease))
+        return out
+
+    def finish(self, claim: Claim, *, status: str, last_status: int | None, last_error: str | None,
+               next_attempt_at: datetime | None, disable_endpoint: str | None = None) -> bool:
+        """Write an attempt's outcome, if the claim is still the caller's (False: its lease ran
+        out and another sender has it now). `disable_endpoint`: the reason to disable it."""
+        now = _now()
+        with self.store._write() as conn:
+            done = conn.execute(
+                sa.update(D).where(D.c.id == claim.id, D.c.lease == claim.lease)
+                .values(status=status, last_status=last_status, last_error=last_error,
+                        next_attempt_at=next_attempt_at, lease=None, updated_at=now)
+            ).rowcount
+            if done and disable_endpoint:
+                conn.execute(sa.update(EP).where(EP.c.id == claim.endpoint_id)
+                             .values(disabled=True, disabled_reason=disable_endpoint, updated_at=now))
+        return bool(done)
+
+
+def _replay(*where) -> sa.Update:
+    now = _now()
+    return (sa.update(D).where(*where)
+            .values(status=PENDING, attempts=0, next_attempt_at=now, lease=None, updated_at=now))
+
+
+def _endpoint(row) -> dict:
+    out = {key: format_time(v) if isinstance(v, datetime) else v for key, v in dict(row).items()}
+    out["events"] = events_list(out["events"])
+    return out
+
+
+def _delivery(row) -> dict:
+    return {key: format_time(v) if isinstance(v, datetime) else v for key, v in dict(row).items()}
