@@ -34,6 +34,10 @@ def register_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.secrets)
     if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
         log.warning("!!! ALLOW_UNSIGNED_WEBHOOKS is on: recording callbacks are NOT verified. Never do this in production. !!!")
+    if settings.notify_allow_private:
+        from service.notify.addresses import ALLOW_PRIVATE_WARNING
+
+        log.warning(ALLOW_PRIVATE_WARNING)
 
 
 def register_services(app: Flask, settings: Settings) -> None:

@@ -21,6 +21,8 @@ MAX_URL_LENGTH = 2048
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 Resolver = Callable[..., list]
+ALLOW_PRIVATE_WARNING = ("!!! NOTIFY_ALLOW_PRIVATE is on: notifications may go over plain http and to loopback and "
+                         "private addresses. Never do this in production. !!!")
 
 
 class UnsafeUrl(ValueError):
