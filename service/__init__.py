@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_logging(settings)
     register_services(app, settings)
     register_blueprints(app)
+    register_api(app)
     register_error_handlers(app)
     return app
 
@@ -50,11 +51,28 @@ def register_services(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.web import api, health, webhooks
+    from service.web import health
 
     app.register_blueprint(health.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(webhooks.bp)
+
+
+def register_api(app: Flask):
+    """The API's routes and the webhook, each in the OpenAPI document (service/web/openapi.py)."""
+    from service.web import api as recordings, webhooks
+    from service.web.openapi import create_api
+
+    api = create_api(app)
+    api.register_blueprint(recordings.blp)
+    api.register_blueprint(webhooks.bp)
+    return api
+
+
+def openapi_document() -> str:
+    """The OpenAPI document as JSON text, built without configuration or connections (it
+    depends on the code alone): `python -m service openapi` and docs/openapi.json."""
+    from service.web.openapi import document_text
+
+    return document_text(register_api(Flask(__name__)))
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -38,6 +38,22 @@ def migrate() -> None:
     click.echo("database is up to date")
 
 
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="Write it to this file (docs/openapi.json is the committed copy) instead of printing it.")
+def openapi(output: str | None) -> None:
+    """Print the API's OpenAPI document (no configuration needed)."""
+    from service import openapi_document
+
+    text = openapi_document()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as file:
+        file.write(text)
+    click.echo(f"wrote {output}")
+
+
 def _services(settings):
     from service.services import Services
 

@@ -34,7 +34,8 @@ class Settings:
     signalwire_api_token: str = dataclasses.field(repr=False)
     signalwire_signing_keys: tuple[str, ...] = dataclasses.field(repr=False)
     public_base_url: str
-    service_api_token: str = dataclasses.field(repr=False)
+    # Several during a rotation: each is accepted (see service.web.auth).
+    service_api_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     redis_url: str
     database_url: str
     port: int = 5000
@@ -77,7 +78,7 @@ class Settings:
         passwords = (urlsplit(getattr(self, name)).password for name in PASSWORD_URLS)
         url_passwords = [form for p in passwords if p for form in (p, unquote(p))]
         return tuple(
-            s for s in (self.signalwire_api_token, self.service_api_token, *self.signalwire_signing_keys,
+            s for s in (self.signalwire_api_token, *self.service_api_tokens, *self.signalwire_signing_keys,
                         *url_passwords) if s
         )
 
@@ -145,6 +146,11 @@ def _schedule(env: Mapping[str, str], name: str, default: tuple[float, ...], pro
     return delays
 
 
+def _list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting (several keys or tokens during a rotation)."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'recordings.sqlite3'}"
 
@@ -170,7 +176,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     api_token = required("SIGNALWIRE_API_TOKEN")
 
     allow_unsigned = _flag(env, "ALLOW_UNSIGNED_WEBHOOKS", problems)
-    keys = tuple(k.strip() for k in (env.get("SIGNALWIRE_SIGNING_KEY") or "").split(",") if k.strip())
+    keys = _list(env.get("SIGNALWIRE_SIGNING_KEY") or "")
     if not keys and not allow_unsigned:
         problems.append(
             "SIGNALWIRE_SIGNING_KEY is not set (set ALLOW_UNSIGNED_WEBHOOKS=true to run without "
@@ -185,9 +191,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # that path would no longer be the path.
         problems.append("PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)")
 
-    service_token = required("SERVICE_API_TOKEN")
-    if service_token and len(service_token) < 16:
-        problems.append("SERVICE_API_TOKEN must be at least 16 characters")
+    service_tokens = _list(required("SERVICE_API_TOKEN"))
+    short = sum(len(token) < 16 for token in service_tokens)
+    if short:  # which one is never said: the message must not help guess a token
+        problems.append(f"SERVICE_API_TOKEN must be at least 16 characters, each token if several ({short} of "
+                        f"{len(service_tokens)} not)")
 
     redis_url = required("REDIS_URL")
     if redis_url and not _url_ok(redis_url, ("redis", "rediss", "unix")) and not redis_url.startswith("unix:"):
@@ -226,7 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signalwire_api_token=api_token,
         signalwire_signing_keys=keys,
         public_base_url=public_base_url,
-        service_api_token=service_token,
+        service_api_tokens=service_tokens,
         redis_url=redis_url,
         database_url=database_url,
         allow_unsigned_webhooks=allow_unsigned,

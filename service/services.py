@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from service.config import Settings
 from service.signalwire.client import SignalWireClient, space_base_url
+from service.store.idempotency import IdempotencyKeys
 from service.store.sql import Store
 
 
@@ -57,6 +58,10 @@ class Services:
         return Store(self.settings.database_url)
 
     @functools.cached_property
+    def idempotency(self) -> IdempotencyKeys:
+        return IdempotencyKeys(self.store)
+
+    @functools.cached_property
     def signalwire(self) -> SignalWireClient:
         return SignalWireClient(
             space_base_url(self.settings.signalwire_space),
@@ -72,3 +77,4 @@ class Services:
             close = getattr(obj, "close", None) or getattr(obj, "dispose", None)
             close()
         self.__dict__.pop("queue", None)
+        self.__dict__.pop("idempotency", None)

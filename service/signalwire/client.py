@@ -4,6 +4,9 @@ One urllib3 connection pool, HTTP Basic (project id, API token), connect/read ti
 small retry policy: 429/503 always retryable; 500/502/504 and transport errors only for GET; a
 POST is otherwise retried only when the request provably never left (connect failure), because
 re-sending a create could start a second recording.
+
+A create also has a budget across all its attempts and waits (`create_budget`): the API request
+that waits on it must answer before Heroku's router gives up at 30 s.
 """
 
 from __future__ import annotations
@@ -180,12 +183,16 @@ class SignalWireClient:
         read_timeout: float = 10.0,
         max_retries: int = 2,
         max_retry_wait: float = 5.0,
+        create_budget: float = 22.0,
     ) -> None:
         self.base_url = space_base_url(base_url)
         self.project_id = project_id
         self._token = api_token
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        # Seconds a create may take in all: with the API's own work around it, the start
+        # request answers within 25 s (a 504 when SignalWire is slower), under Heroku's 30 s.
+        self.create_budget = create_budget
         self._account_path = f"{API_PREFIX}/Accounts/{quote(project_id, safe='')}"
         # urllib3 itself, not a requests.Session over it: a Session spent half a worker's
         # fetch in its own Python (merging settings, cookies, hooks), about 250 µs of CPU.
@@ -232,7 +239,7 @@ class SignalWireClient:
             "Trim": trim,
         }
         path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
-        return self._recording(self._request("POST", self.base_url + path, form))
+        return self._recording(self._request("POST", self.base_url + path, form, budget=self.create_budget))
 
     def fetch_recording(self, sid: str) -> Recording:
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
@@ -284,12 +291,16 @@ class SignalWireClient:
         except ValueError as exc:
             raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
 
-    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None) -> dict:
-        """`fields`: the query of a GET, the urlencoded form of a POST."""
+    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None,
+                 budget: float | None = None) -> dict:
+        """`fields`: the query of a GET, the urlencoded form of a POST. `budget`: seconds for
+        every attempt and wait together; past it, a timeout error (no attempt is started that
+        could not finish in time, no wait that would end past it)."""
+        deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
         while True:
             try:
-                return self._once(method, url, fields)
+                return self._once(method, url, fields, deadline)
             except SignalWireError as err:
                 if not err.retryable or attempt >= self.max_retries:
                     raise
@@ -299,15 +310,25 @@ class SignalWireClient:
                     wait = err.retry_after
                 else:
                     wait = min(self.max_retry_wait, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise  # the answer it has is better than a timeout after waiting for nothing
                 attempt += 1
                 log.info("signalwire %s %s: %s; retry %d in %.2fs", method, urlsplit(url).path, err, attempt, wait)
                 time.sleep(wait)
 
-    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None) -> dict:
+    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, deadline: float | None = None) -> dict:
         # A GET's fields go into the query, a POST's into a urlencoded form, as SignalWire expects.
         form = {"encode_multipart": False} if method == "POST" else {}
+        timeout = self._timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SignalWireError(f"no answer within the time allowed on {method} {urlsplit(url).path}",
+                                      timeout=True, method=method, final=True)
+            timeout = urllib3.Timeout(connect=min(self._timeout.connect_timeout, left),
+                                      read=min(self._timeout.read_timeout, left), total=left)
         try:
-            response = self._http.request(method, url, fields=fields, headers=self._headers, timeout=self._timeout,
+            response = self._http.request(method, url, fields=fields, headers=self._headers, timeout=timeout,
                                           retries=False, redirect=False, **form)
         except HTTPError as exc:
             raise SignalWireError(

@@ -122,6 +122,28 @@ class InboxRow(Base):
     created_at: Mapped[datetime]
 
 
+class IdempotencyKeyRow(Base):
+    """The start-recording API's Idempotency-Keys (service.store.idempotency)."""
+
+    __tablename__ = "idempotency_keys"
+
+    # SHA-256 of the API token the key came with: keys are the token's own, and the token
+    # itself is never stored.
+    scope: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    # SHA-256 of the request (path and validated body): a key reused for another request is refused.
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    # Set while the first request is in flight; NULL once its answer is kept.
+    lock: Mapped[str | None] = mapped_column(sa.String(32))
+    claimed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    status: Mapped[int | None]
+    body: Mapped[dict[str, Any] | None]
+    headers: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (sa.Index("ix_idempotency_keys_expires", "expires_at"),)
+
+
 # --- outbound notifications (service.notify) ---------------------------------------------
 
 # Deliveries the sender has to attempt (pending, due or leased): the partial index's condition.

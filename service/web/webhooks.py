@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, request
+from flask import current_app, request
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
 
@@ -15,10 +15,12 @@ from service.pipelines.ingest import Unavailable
 from service.domain.recordings import CallbackEvent
 from service.signalwire.signatures import verify_signature
 from service.web.errors import ApiError
-from service.web.schemas import callback_schema
+from service.web.openapi import ApiBlueprint, webhook_doc
+from service.web.schemas import CallbackSchema, callback_schema
 
 log = logging.getLogger(__name__)
-bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+bp = ApiBlueprint("webhooks", __name__, url_prefix="/webhooks", authenticated=False,
+                  description="SignalWire's recording status callbacks (signed, not for API clients).")
 
 
 def _signed_url(settings) -> str:
@@ -65,8 +67,14 @@ def _signed_parameters(settings) -> MultiDict:
     return params
 
 
-@bp.route("/recording-status", methods=["GET", "POST"])
+@bp.route("/recording-status", methods=["GET", "POST"], method_docs=webhook_doc(CallbackSchema))
 def recording_status():
+    """SignalWire's RecordingStatusCallback.
+
+    Verified against the configured signing keys (the URL as configured in PUBLIC_BASE_URL, the
+    form fields, or the raw body through `bodySHA256`), validated, deduplicated on
+    (RecordingSid, RecordingStatus) and queued; 204 once a durable copy exists.
+    """
     settings = current_app.config["SETTINGS"]
     # Bound the body before anything reads it (werkzeug answers 413 past this).
     request.max_content_length = settings.max_callback_bytes
