@@ -14,7 +14,7 @@ import pytest
 
 from service.notify.deliver import HttpDeliverer
 from service.notify.sender import Sender
-from tests.fixtures.webhook_receiver import WebhookReceiver
+from devstack.webhook_receiver import WebhookReceiver
 from tests.test_notify import resolver_for
 from tests.test_store import full_recording
 

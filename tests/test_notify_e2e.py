@@ -24,7 +24,7 @@ from service.store.sql import Store
 from tests.e2e import AUTH, database, stack_env, start_stack, wait_for
 from tests.faults import callback_forms, report, scaled, send_callbacks
 from tests.fixtures.sandbox import SandboxCredentials
-from tests.fixtures.webhook_receiver import WebhookReceiver
+from devstack.webhook_receiver import WebhookReceiver
 from tests.test_faults import sandbox_recordings
 
 # A compressed schedule (the specification's runs to 24 hours): 0, 1, 2, 4, 8, then every 10 s.
