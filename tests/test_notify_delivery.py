@@ -238,3 +238,17 @@ def test_https_by_address_checks_the_certificate_against_the_name():
     assert ok.status == 204 and ok.delivered
     assert wrong.status is None and wrong.error == "TLS error"
     assert [d.webhook_id for d in receiver.received] == ["msg_1"]
+
+
+def test_a_clean_stop_writes_the_outcome_of_the_delivery_in_flight(store, webhook_receiver):
+    subscribe(store, webhook_receiver)
+    webhook_receiver.delay = 0.5
+    with sending(store):
+        store.save_metadata(full_recording("RE1"))
+        deadline = time.monotonic() + 10
+        while only_delivery(store)["attempts"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Claimed and on its way: the stop comes while the receiver takes its time.
+    delivery = only_delivery(store)
+    assert (delivery["status"], delivery["last_status"]) == ("delivered", 204)
+    assert len(webhook_receiver.received) == 1

@@ -4,6 +4,7 @@ and replays."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -13,7 +14,7 @@ import sqlalchemy as sa
 from service.notify.events import ARCHIVED, STARTED
 from service.notify.signing import SECRET_PREFIX
 from service.store import notifications
-from service.store.notifications import D, DELIVERED, EP, FAILED, PENDING, enqueue_event, signing_keys
+from service.store.notifications import D, DELIVERED, EP, FAILED, PENDING, Result, enqueue_event, signing_keys
 from tests.test_store import event, full_recording
 
 UTC = timezone.utc
@@ -126,11 +127,11 @@ def test_enqueue_event_for_the_media_archive_carries_the_media_in_the_callers_tr
 
 def test_writes_wake_the_local_sender_after_commit(store):
     endpoint(store)
-    notifications.enqueued.clear()
+    notifications.wake_sender.clear()
     store.record_event(event("rec-1", "in-progress"))
-    assert not notifications.enqueued.is_set()
+    assert not notifications.wake_sender.is_set()
     store.record_event(event("rec-1", "completed"), metadata=full_recording("rec-1"))
-    assert notifications.enqueued.is_set()
+    assert notifications.wake_sender.is_set()
 
 
 # --- endpoints and secrets -------------------------------------------------------------------
@@ -198,6 +199,22 @@ def test_a_claim_leases_due_deliveries_and_counts_the_attempt(store):
     shown = store.notifications.get_delivery(claim.id)
     assert (shown["status"], shown["attempts"], shown["last_status"]) == (DELIVERED, 2, 204)
     assert "lease" not in shown
+
+
+def test_outcomes_are_written_with_the_next_claim(store):
+    endpoint(store)
+    store.save_metadata(full_recording("rec-1"))
+    [first] = store.notifications.claim(1, lease_seconds=30)
+    store.save_metadata(full_recording("rec-2"))
+    stale = dataclasses.replace(first, lease="not-the-lease")
+    [second] = store.notifications.claim(5, lease_seconds=30, results=[
+        Result(first, DELIVERED, 204, None, None), Result(stale, FAILED, 500, "late", None)])
+    assert second.id != first.id
+    shown = store.notifications.get_delivery(first.id)
+    assert (shown["status"], shown["last_status"], shown["last_error"]) == (DELIVERED, 204, None)
+    assert store.notifications.claim(0, lease_seconds=30, results=[Result(second, PENDING, 500, "answered 500",
+                                                                          datetime.now(UTC))]) == []
+    assert store.notifications.get_delivery(second.id)["last_error"] == "answered 500"
 
 
 def test_concurrent_claimers_never_share_a_delivery(store):

@@ -9,9 +9,9 @@ keeps the outbox the only record of what is owed, and notifications keep flowing
 is down.
 
 A transaction that writes deliveries in this process wakes the sender at once
-(`notifications.enqueued`); otherwise it looks every `poll_interval` seconds, which is also
+(`notifications.wake_sender`); otherwise it looks every `poll_interval` seconds, which is also
 how deliveries written by other processes (the web's `recording.started`) and retries that
-come due are found.
+come due are found. Outcomes are written together with the next claim.
 """
 
 from __future__ import annotations
@@ -22,19 +22,20 @@ import logging
 import queue
 import random
 import threading
+import time
 from datetime import datetime, timezone
 
 from service.notify.deliver import Answer, HttpDeliverer
 from service.notify.events import DATA_FIELDS, RETRY_SCHEDULE, next_attempt
 from service.notify.signing import signature_headers
 from service.store import notifications
-from service.store.notifications import DELIVERED, FAILED, PENDING, Claim
+from service.store.notifications import DELIVERED, FAILED, PENDING, Claim, Result
 
 log = logging.getLogger(__name__)
 
 # After a claim, the least wait before the next: writes arriving together leave together,
 # and a busy worker does not claim once per write.
-CLAIM_GAP = 0.025
+CLAIM_GAP = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,72 +81,105 @@ class Sender:
         self.lease_seconds = lease_seconds
         self.rng = rng or random.Random()
         self._work: queue.Queue[Claim] = queue.Queue()
+        self._done: queue.Queue[Result] = queue.Queue()
         self._in_flight = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
     def run(self, stop: threading.Event) -> None:
-        """Claim and dispatch until `stop` is set (runs in its own thread)."""
+        """Claim, dispatch and write outcomes until `stop` is set (runs in its own thread).
+
+        Outcomes are written with the next claim, in one transaction: on SQLite every write
+        transaction takes the database's one write lock, and the workers' jobs need it too.
+        """
         for i in range(self.concurrency):
             thread = threading.Thread(target=self._send_loop, name=f"notify-send-{i}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        unwritten: list[Result] = []
         while not stop.is_set():
-            with self._cond:
-                self._cond.wait_for(lambda: self._in_flight < self.concurrency or stop.is_set(), self.poll_interval)
+            notifications.wake_sender.clear()  # whatever happens after this wakes the next round
+            unwritten += _drain(self._done)
+            with self._lock:
                 free = self.concurrency - self._in_flight
-            if free <= 0 or stop.is_set():
-                continue
-            notifications.enqueued.clear()  # a write committed after this is seen: it sets it again
             try:
-                claims = self.store.claim(free, self.lease_seconds)
+                claims = self.store.claim(free, self.lease_seconds, results=unwritten)
             except Exception as exc:  # the database is away: try again later, never stop
-                log.warning("notifications: could not claim deliveries: %s: %s", type(exc).__name__, exc)
+                log.warning("notifications: could not write outcomes or claim deliveries: %s: %s",
+                            type(exc).__name__, exc)
                 stop.wait(self.poll_interval)
                 continue
-            with self._cond:
+            self._log(unwritten)
+            unwritten = []
+            with self._lock:
                 self._in_flight += len(claims)
             for claim in claims:
                 self._work.put(claim)
-            if stop.wait(CLAIM_GAP) or len(claims) == free:
-                continue  # a full claim: more may be due
-            notifications.enqueued.wait(self.poll_interval)
+            if stop.wait(CLAIM_GAP):
+                break
+            if (claims and len(claims) == free) or not self._done.empty():
+                continue  # more may be due, or outcomes wait
+            notifications.wake_sender.wait(self.poll_interval)
+        self._write_last(unwritten)
+
+    def _write_last(self, unwritten: list, wait: float = 1.0) -> None:
+        """On the way out: the outcomes of attempts that end within `wait`, written, so a clean
+        stop sends nothing twice (a delivery still in flight after that is sent again once its
+        lease ends)."""
+        deadline = time.monotonic() + wait
+        while self._in_flight and time.monotonic() < deadline:
+            time.sleep(0.02)
+        try:
+            self.store.claim(0, self.lease_seconds, results=unwritten + _drain(self._done))
+        except Exception as exc:
+            log.warning("notifications: outcomes not written at stop (%s); those deliveries are sent again",
+                        type(exc).__name__)
 
     def _send_loop(self) -> None:
         while True:
             claim = self._work.get()
             try:
-                self.attempt(claim)
+                result = self.attempt(claim)
             except Exception as exc:  # its lease runs out and it is sent again
                 log.warning("notifications: delivery %s failed unexpectedly: %s: %s", claim.id,
                             type(exc).__name__, exc)
-            finally:
-                with self._cond:
-                    self._in_flight -= 1
-                    self._cond.notify()
+                result = None
+            with self._lock:
+                self._in_flight -= 1
+            if result is not None:
+                self._done.put(result)
+            notifications.wake_sender.set()
 
-    def attempt(self, claim: Claim) -> Outcome:
-        """One attempt at a claimed delivery, its outcome written."""
+    def attempt(self, claim: Claim) -> Result:
+        """One attempt at a claimed delivery; its outcome, to be written."""
         now = datetime.now(timezone.utc)
         if claim.url is None:
-            outcome = Outcome(FAILED, None, "the endpoint is disabled")
-            answer = Answer(error=outcome.error)
-        else:
-            content = body(claim.payload)
-            answer = self.deliverer.post(claim.url, content, signature_headers(claim.id, content, list(claim.keys), now))
-            outcome = decide(answer, claim.attempts, now, self.schedule, self.rng)
-        written = self.store.finish(claim, status=outcome.status, last_status=answer.status, last_error=outcome.error,
-                                    next_attempt_at=outcome.next_attempt_at, disable_endpoint=outcome.disable_endpoint)
-        if not written:
-            log.info("notifications: delivery %s: lease lost, another sender has it", claim.id)
-        elif outcome.status == PENDING:
-            log.info("notifications: delivery %s to %s, attempt %d: %s; next at %s", claim.id, claim.endpoint_id,
-                     claim.attempts, outcome.error, outcome.next_attempt_at.isoformat())
-        elif outcome.status == FAILED:
-            log.warning("notifications: delivery %s to %s failed after %d attempts: %s%s", claim.id, claim.endpoint_id,
-                        claim.attempts, outcome.error,
-                        f"; endpoint disabled ({outcome.disable_endpoint})" if outcome.disable_endpoint else "")
-        return outcome
+            return Result(claim, FAILED, None, "the endpoint is disabled", None)
+        content = body(claim.payload)
+        answer = self.deliverer.post(claim.url, content, signature_headers(claim.id, content, list(claim.keys), now))
+        outcome = decide(answer, claim.attempts, now, self.schedule, self.rng)
+        return Result(claim, outcome.status, answer.status, outcome.error, outcome.next_attempt_at,
+                      outcome.disable_endpoint)
+
+    @staticmethod
+    def _log(results: list[Result]) -> None:
+        for r in results:
+            if r.status == PENDING:
+                log.info("notifications: delivery %s to %s, attempt %d: %s; next at %s", r.claim.id,
+                         r.claim.endpoint_id, r.claim.attempts, r.last_error, r.next_attempt_at.isoformat())
+            elif r.status == FAILED:
+                log.warning("notifications: delivery %s to %s failed after %d attempts: %s%s", r.claim.id,
+                            r.claim.endpoint_id, r.claim.attempts, r.last_error,
+                            f"; endpoint disabled ({r.disable_endpoint})" if r.disable_endpoint else "")
+
+
+def _drain(q: queue.Queue) -> list:
+    out = []
+    while True:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            return out
 
 
 def lease_for(timeout: float) -> float:

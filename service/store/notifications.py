@@ -42,9 +42,10 @@ DELIVERY_COLUMNS = (D.c.id, D.c.endpoint_id, D.c.event_type, D.c.recording_sid, 
                     D.c.updated_at)
 ENDPOINT_COLUMNS = tuple(c for c in EP.c if c.name != "secrets")
 
-# Set after a transaction that wrote deliveries commits: wakes this process's sender, so a
-# delivery written by a worker's job leaves at once instead of at the next poll.
-enqueued = threading.Event()
+# Something for this process's sender to do: a transaction wrote deliveries (set after its
+# commit, so a delivery written by a worker's job leaves at once instead of at the next
+# poll), or an attempt finished and its outcome waits to be written.
+wake_sender = threading.Event()
 
 
 def _now() -> datetime:
@@ -128,6 +129,18 @@ def _enqueue_statement(dialect: str, with_media: bool, with_status: bool) -> sa.
         ["id", "endpoint_id", "event_type", "recording_sid", "payload", "status", "attempts", "next_attempt_at",
          "created_at", "updated_at"], select)
     return insert.on_conflict_do_nothing(index_elements=[D.c.endpoint_id, D.c.recording_sid, D.c.event_type])
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """How an attempt at a claimed delivery ended, to be written."""
+
+    claim: "Claim"
+    status: str
+    last_status: int | None
+    last_error: str | None
+    next_attempt_at: datetime | None
+    disable_endpoint: str | None = None  # the reason to disable the endpoint (a 410)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +262,7 @@ class Notifications:
         with self.store._write() as conn:
             changed = conn.execute(_replay(D.c.id == delivery_id)).rowcount
         if changed:
-            enqueued.set()
+            wake_sender.set()
         return self.get_delivery(delivery_id) if changed else None
 
     def replay_failed(self, endpoint_id: str, since: datetime) -> int:
@@ -258,7 +271,7 @@ class Notifications:
             count = conn.execute(_replay(D.c.endpoint_id == endpoint_id, D.c.status == FAILED,
                                          D.c.created_at >= since)).rowcount
         if count:
-            enqueued.set()
+            wake_sender.set()
         return count
 
     def counts(self) -> dict[str, int]:
@@ -272,21 +285,21 @@ class Notifications:
 
     # --- the senders' side -------------------------------------------------------------------
 
-    def claim(self, limit: int, lease_seconds: float, now: datetime | None = None) -> list[Claim]:
-        """Lease up to `limit` due deliveries to the caller for `lease_seconds`, counting the
-        attempt now: if the sender dies, the delivery is due again when the lease ends."""
+    def claim(self, limit: int, lease_seconds: float, now: datetime | None = None,
+              results: Iterable[Result] = ()) -> list[Claim]:
+        """Write `results` (attempts that ended), then lease up to `limit` due deliveries to the
+        caller for `lease_seconds`, counting their attempt now: if the sender dies, each is due
+        again when its lease ends. One transaction for both: a busy sender writes a handful of
+        outcomes and takes the next deliveries in one commit, not one commit per delivery."""
         now = now or _now()
+        results = list(results)
         lease = tokens.token_hex(8)
-        due = (sa.select(D.c.id).where(D.c.status == PENDING, D.c.next_attempt_at <= now)
-               .order_by(D.c.next_attempt_at).limit(limit))
-        if self._postgres:
-            due = due.with_for_update(skip_locked=True)
-        claim = (sa.update(D).where(D.c.id.in_(due.scalar_subquery()))
-                 .values(lease=lease, attempts=D.c.attempts + 1, last_attempt_at=now, updated_at=now,
-                         next_attempt_at=now + timedelta(seconds=lease_seconds))
-                 .returning(D.c.id, D.c.endpoint_id, D.c.payload, D.c.attempts))
         with self.store._write() as conn:
-            claimed = conn.execute(claim).all()
+            if results:
+                self._write_results(conn, results, now)
+            if limit <= 0:
+                return []
+            claimed = conn.execute(self._claim_statement(limit, lease, lease_seconds, now)).all()
             if not claimed:
                 return []
             endpoints = {row.id: row for row in conn.execute(
@@ -301,21 +314,38 @@ class Notifications:
                              payload=row.payload, attempts=row.attempts, lease=lease))
         return out
 
+    def _claim_statement(self, limit: int, lease: str, lease_seconds: float, now: datetime) -> sa.Update:
+        due = (sa.select(D.c.id).where(D.c.status == PENDING, D.c.next_attempt_at <= now)
+               .order_by(D.c.next_attempt_at).limit(limit))
+        if self._postgres:
+            due = due.with_for_update(skip_locked=True)
+        return (sa.update(D).where(D.c.id.in_(due.scalar_subquery()))
+                .values(lease=lease, attempts=D.c.attempts + 1, last_attempt_at=now, updated_at=now,
+                        next_attempt_at=now + timedelta(seconds=lease_seconds))
+                .returning(D.c.id, D.c.endpoint_id, D.c.payload, D.c.attempts))
+
     def finish(self, claim: Claim, *, status: str, last_status: int | None, last_error: str | None,
                next_attempt_at: datetime | None, disable_endpoint: str | None = None) -> bool:
-        """Write an attempt's outcome, if the claim is still the caller's (False: its lease ran
-        out and another sender has it now). `disable_endpoint`: the reason to disable it."""
-        now = _now()
+        """Write one attempt's outcome, if the claim is still the caller's (False: its lease ran
+        out and another sender has it now)."""
         with self.store._write() as conn:
-            done = conn.execute(
-                sa.update(D).where(D.c.id == claim.id, D.c.lease == claim.lease)
-                .values(status=status, last_status=last_status, last_error=last_error,
-                        next_attempt_at=next_attempt_at, lease=None, updated_at=now)
-            ).rowcount
-            if done and disable_endpoint:
-                conn.execute(sa.update(EP).where(EP.c.id == claim.endpoint_id)
-                             .values(disabled=True, disabled_reason=disable_endpoint, updated_at=now))
-        return bool(done)
+            return self._write_results(conn, [Result(claim, status, last_status, last_error, next_attempt_at,
+                                                     disable_endpoint)], _now()) == 1
+
+    def _write_results(self, conn: Connection, results: list[Result], now: datetime) -> int:
+        """Each outcome is written only where its claim still holds the lease; returns how many were."""
+        written = 0
+        for result in results:  # one short UPDATE each (rowcount tells whose lease still held)
+            if conn.execute(
+                sa.update(D).where(D.c.id == result.claim.id, D.c.lease == result.claim.lease)
+                .values(status=result.status, last_status=result.last_status, last_error=result.last_error,
+                        next_attempt_at=result.next_attempt_at, lease=None, updated_at=now)
+            ).rowcount:
+                written += 1
+                if result.disable_endpoint:
+                    conn.execute(sa.update(EP).where(EP.c.id == result.claim.endpoint_id)
+                                 .values(disabled=True, disabled_reason=result.disable_endpoint, updated_at=now))
+        return written
 
 
 def _replay(*where) -> sa.Update:

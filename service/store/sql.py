@@ -190,7 +190,7 @@ class Store:
         with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, started_by_us=True, requested=requested)
             notifications.enqueue_event(conn, STARTED, recording.sid)
-        notifications.enqueued.set()  # after the commit: the sender would not see it before
+        notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def save_metadata(self, recording: Recording) -> None:
         """Metadata fetched from the REST API."""
@@ -198,7 +198,7 @@ class Store:
             self._upsert(conn, recording, last_fetched_at=_now(), last_error=None)
             notify = self._notify_outcome(conn, recording)
         if notify:
-            notifications.enqueued.set()  # after the commit: the sender would not see it before
+            notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> None:
         """Store a status callback, and with it the metadata fetched for it, in one transaction.
@@ -221,7 +221,7 @@ class Store:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
                 notify = self._notify_outcome(conn, metadata)
         if notify:
-            notifications.enqueued.set()
+            notifications.wake_sender.set()
 
     def _notify_outcome(self, conn: Connection, metadata: Recording) -> bool:
         """Metadata stored at a terminal status tells the endpoints (once per recording and
