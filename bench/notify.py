@@ -56,6 +56,7 @@ def run(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, worker
             th = threading.Thread(target=sampler, daemon=True)
             log(f"notify {db_kind}: {rate}/s for {duration} s, {workers} worker(s)")
             th.start()
+            cpu0 = h.cpu()
             start = time.monotonic()
             with ThreadPoolExecutor(16) as pool:
                 for i in range(total):
@@ -68,6 +69,7 @@ def run(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, worker
             receiver.wait_for(lambda r: len({d.webhook_id for d in r if d.status < 300}) >= accepted, timeout=120)
             stop.set()
             th.join(5)
+            cpu1 = h.cpu()
     finally:
         receiver.stop()
     first_answer: dict[str, object] = {}
@@ -94,10 +96,11 @@ def run(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, worker
         "backlog_first_quarter_mean": sum(first) / len(first) if first else 0,
         "backlog_last_quarter_mean": sum(last) / len(last) if last else 0,
         "backlog_series": backlog, "samples": n,
+        "cpu_ms_per_event": {k: round(1000 * (cpu1[k] - cpu0.get(k, 0)) / total, 2) for k in cpu1},
     }
     log(f"notify {db_kind}: p50 {fmt(res['p50_ms'])} ms p99 {fmt(res['p99_ms'])} ms (from the callback: p50 "
         f"{fmt(res['from_callback_p50_ms'])} p99 {fmt(res['from_callback_p99_ms'])}), delivered "
-        f"{res['delivered']}/{accepted}, backlog max {res['backlog_max']}")
+        f"{res['delivered']}/{accepted}, backlog max {res['backlog_max']}; CPU ms/event {res['cpu_ms_per_event']}")
     return res
 
 

@@ -6,13 +6,13 @@ status, a share of 500s, a delay, extra headers such as Retry-After), or is down
 from __future__ import annotations
 
 import random
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 
+from cheroot import wsgi
+from cheroot.ssl.builtin import BuiltinSSLAdapter
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from devstack.redis_server import free_port
@@ -40,9 +40,9 @@ class WebhookReceiver:
     seed: int = 7
     received: list[Delivery] = field(default_factory=list)
     port: int = field(default_factory=free_port)
-    tls: ssl.SSLContext | None = None
+    tls_pem: str | None = None  # a PEM file with the certificate and its key: serve https
     _cond: threading.Condition = field(default_factory=threading.Condition)
-    _server: BaseWSGIServer | None = None
+    _server: wsgi.Server | None = None
     _thread: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -73,22 +73,26 @@ class WebhookReceiver:
     # --- up and down ----------------------------------------------------------------------------
 
     def start(self) -> "WebhookReceiver":
-        self._server = make_server("127.0.0.1", self.port, self, threaded=True, request_handler=_Quiet,
-                                   ssl_context=self.tls)
-        self._thread = threading.Thread(target=lambda: self._server.serve_forever(poll_interval=0.05), daemon=True)
+        # cheroot keeps connections alive, as receivers in the wild do (werkzeug's server closes
+        # each one, so every delivery would pay for a new connection).
+        self._server = wsgi.Server(("127.0.0.1", self.port), self, numthreads=32, shutdown_timeout=1)
+        self._server.expiration_interval = 0.05
+        if self.tls_pem:
+            self._server.ssl_adapter = BuiltinSSLAdapter(self.tls_pem, self.tls_pem)
+        self._server.prepare()
+        self._thread = threading.Thread(target=self._server.serve, name="webhook-receiver", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         """Down: the port refuses connections until start()."""
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks"
+        return f"{'https' if self.tls_pem else 'http'}://127.0.0.1:{self.port}/hooks"
 
     # --- what came ------------------------------------------------------------------------------
 
@@ -101,8 +105,3 @@ class WebhookReceiver:
     def delivered_ids(self) -> set[str]:
         with self._cond:
             return {d.webhook_id for d in self.received if 200 <= d.status < 300}
-
-
-class _Quiet(WSGIRequestHandler):
-    def log(self, type, message, *args):  # noqa: A002 - werkzeug's signature
-        pass

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -218,9 +217,7 @@ def test_a_name_rebound_to_a_private_address_is_refused_without_connecting(store
 
 
 def test_https_by_address_checks_the_certificate_against_the_name():
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(TEST_CERT)
-    receiver = WebhookReceiver(tls=tls, secrets=["whsec_" + "A" * 43 + "="]).start()
+    receiver = WebhookReceiver(tls_pem=str(TEST_CERT), secrets=["whsec_" + "A" * 43 + "="]).start()
     try:
         names = resolver_for({"localhost": ["127.0.0.1"], "hooks.example.test": ["127.0.0.1"]})
         deliverer = HttpDeliverer(allow_private=True, timeout=2, resolver=names, ca_certs=str(TEST_CERT))

@@ -101,7 +101,9 @@ class Sender:
             notifications.wake_sender.clear()  # whatever happens after this wakes the next round
             unwritten += _drain(self._done)
             with self._lock:
-                free = self.concurrency - self._in_flight
+                # Claimed ahead of the threads (up to as many again), so a busy sender takes its
+                # deliveries in fewer claims; each waits for a thread well within its lease.
+                free = 2 * self.concurrency - self._in_flight
             try:
                 claims = self.store.claim(free, self.lease_seconds, results=unwritten)
             except Exception as exc:  # the database is away: try again later, never stop
@@ -126,11 +128,14 @@ class Sender:
         """On the way out: the outcomes of attempts that end within `wait`, written, so a clean
         stop sends nothing twice (a delivery still in flight after that is sent again once its
         lease ends)."""
+        now = datetime.now(timezone.utc)
+        # Claimed but not begun: due again at once, for whichever sender is still running.
+        released = [Result(claim, PENDING, None, "not attempted: its worker stopped", now) for claim in _drain(self._work)]
         deadline = time.monotonic() + wait
-        while self._in_flight and time.monotonic() < deadline:
+        while self._in_flight > len(released) and time.monotonic() < deadline:
             time.sleep(0.02)
         try:
-            self.store.claim(0, self.lease_seconds, results=unwritten + _drain(self._done))
+            self.store.claim(0, self.lease_seconds, results=unwritten + released + _drain(self._done))
         except Exception as exc:
             log.warning("notifications: outcomes not written at stop (%s); those deliveries are sent again",
                         type(exc).__name__)

@@ -333,19 +333,26 @@ class Notifications:
                                                      disable_endpoint)], _now()) == 1
 
     def _write_results(self, conn: Connection, results: list[Result], now: datetime) -> int:
-        """Each outcome is written only where its claim still holds the lease; returns how many were."""
-        written = 0
-        for result in results:  # one short UPDATE each (rowcount tells whose lease still held)
-            if conn.execute(
-                sa.update(D).where(D.c.id == result.claim.id, D.c.lease == result.claim.lease)
-                .values(status=result.status, last_status=result.last_status, last_error=result.last_error,
-                        next_attempt_at=result.next_attempt_at, lease=None, updated_at=now)
-            ).rowcount:
-                written += 1
-                if result.disable_endpoint:
-                    conn.execute(sa.update(EP).where(EP.c.id == result.claim.endpoint_id)
-                                 .values(disabled=True, disabled_reason=result.disable_endpoint, updated_at=now))
+        """Each outcome is written only where its claim still holds the lease (one executemany);
+        returns how many were."""
+        rows = [{"b_id": r.claim.id, "b_lease": r.claim.lease, "status": r.status, "last_status": r.last_status,
+                 "last_error": r.last_error, "next_attempt_at": r.next_attempt_at, "updated_at": now}
+                for r in results]
+        written = conn.execute(_RESULT, rows).rowcount
+        for r in results:
+            if r.disable_endpoint:
+                # Only if that outcome was written (the lease held): its row now says so.
+                conn.execute(sa.update(EP).where(EP.c.id == r.claim.endpoint_id, sa.exists().where(
+                    D.c.id == r.claim.id, D.c.status == r.status, D.c.lease.is_(None), D.c.updated_at == now))
+                    .values(disabled=True, disabled_reason=r.disable_endpoint, updated_at=now))
         return written
+
+
+# An attempt's outcome, written where the claim still holds its lease.
+_RESULT = (sa.update(D)
+           .where(D.c.id == sa.bindparam("b_id", type_=D.c.id.type), D.c.lease == sa.bindparam("b_lease", type_=D.c.lease.type))
+           .values(lease=None, **{name: sa.bindparam(name, type_=D.c[name].type)
+                                  for name in ("status", "last_status", "last_error", "next_attempt_at", "updated_at")}))
 
 
 def _replay(*where) -> sa.Update:
