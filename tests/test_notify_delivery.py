@@ -249,3 +249,16 @@ def test_a_clean_stop_writes_the_outcome_of_the_delivery_in_flight(store, webhoo
     delivery = only_delivery(store)
     assert (delivery["status"], delivery["last_status"]) == ("delivered", 204)
     assert len(webhook_receiver.received) == 1
+
+
+def test_secrets_never_reach_the_logs(store, webhook_receiver, caplog):
+    caplog.set_level("DEBUG")
+    endpoint = subscribe(store, webhook_receiver)
+    rotated = store.notifications.rotate_secret(endpoint)
+    webhook_receiver.status = 500  # failures are what get logged
+    with sending(store, schedule=(0, 0.1)):
+        store.save_metadata(full_recording("RE1"))
+        settled(store, only_delivery(store)["id"])
+    assert "failed after 2 attempts" in caplog.text
+    for secret in (*webhook_receiver.secrets, rotated, rotated.removeprefix("whsec_")):
+        assert secret not in caplog.text
