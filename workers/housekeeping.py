@@ -32,6 +32,7 @@ from service.notify.sender import Sender, lease_for
 from service.pipelines.ingest import Ingest
 from service.services import Services
 from service.pipelines.sweep import sweep
+from service.store import notifications
 from workers import recovery
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,11 @@ class Housekeeping:
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        notifications.wake_sender.set()  # the sender stops now, not at its next poll
         for thread in self.threads:
             thread.join(timeout if thread.name != "sweep" else 0.1)
-        # Deliveries still in flight die with the process; their leases run out and another
-        # worker sends them again.
+        # The sender wrote what ended within a second; a delivery still in flight dies with the
+        # process, and its lease runs out before another worker sends it again.
         self.deliverer.close()
         try:
             recovery.forget(self.services.redis, self.worker_name)
