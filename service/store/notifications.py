@@ -234,20 +234,12 @@ class Notifications:
     def list_deliveries(self, endpoint_id: str, *, status: str | None = None, limit: int = 100,
                         cursor: str | None = None) -> tuple[list[dict], str | None]:
         """Newest first, keyset-paged on (created_at, id) like the recordings."""
-        from service.store.sql import decode_cursor, encode_cursor
+        from service.store.sql import keyset_page  # (sql imports this module)
 
         query = sa.select(*DELIVERY_COLUMNS).where(D.c.endpoint_id == endpoint_id)
         if status is not None:
             query = query.where(D.c.status == status)
-        if cursor is not None:
-            after_time, after_id = decode_cursor(cursor)
-            query = query.where(sa.tuple_(D.c.created_at, D.c.id)
-                                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_id, D.c.id.type)))
-        query = query.order_by(D.c.created_at.desc(), D.c.id.desc()).limit(limit + 1)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        page = rows[:limit]
-        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+        page, next_cursor = keyset_page(self.engine, query, D.c.created_at, D.c.id, cursor, limit)
         return [_delivery(row) for row in page], next_cursor
 
     def get_delivery(self, delivery_id: str, *, with_payload: bool = False) -> dict | None:

@@ -367,17 +367,7 @@ class Store:
             query = query.where(R.c.created_at >= created_after)
         if created_before is not None:
             query = query.where(R.c.created_at < created_before)
-        if cursor is not None:
-            after_time, after_sid = decode_cursor(cursor)
-            query = query.where(
-                sa.tuple_(R.c.created_at, R.c.sid)
-                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_sid, R.c.sid.type))
-            )
-        query = query.order_by(R.c.created_at.desc(), R.c.sid.desc()).limit(limit + 1)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        page = rows[:limit]
-        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["sid"]) if len(rows) > limit else None
+        page, next_cursor = keyset_page(self.engine, query, R.c.created_at, R.c.sid, cursor, limit)
         return [_json_ready(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
@@ -426,6 +416,22 @@ class Store:
 
 def _json_ready(row: Any) -> dict:
     return {key: format_time(value) if isinstance(value, datetime) else value for key, value in dict(row).items()}
+
+
+def keyset_page(engine: sa.Engine, query: sa.Select, created: sa.Column, key: sa.Column, cursor: str | None,
+                limit: int) -> tuple[list, str | None]:
+    """One page of `query`, newest first on (created, key), after `cursor`; and the next page's
+    cursor (None on the last page). A malformed cursor raises ValueError."""
+    if cursor is not None:
+        after_time, after_key = decode_cursor(cursor)
+        query = query.where(sa.tuple_(created, key)
+                            < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_key, key.type)))
+    query = query.order_by(created.desc(), key.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][created.name], page[-1][key.name]) if len(rows) > limit else None
+    return page, next_cursor
 
 
 def encode_cursor(created_at: datetime, sid: str) -> str:
