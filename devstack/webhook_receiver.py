@@ -28,6 +28,7 @@ class Delivery:
     status: int
     at: float  # time.time() when answered
     path: str
+    truncated: bool = False  # the body ended before its Content-Length: the sender died mid-request
 
 
 @dataclass
@@ -51,6 +52,7 @@ class WebhookReceiver:
     def __call__(self, environ, start_response):
         request = Request(environ)
         raw = request.get_data(cache=True)
+        truncated = request.content_length is not None and len(raw) < request.content_length
         if self.delay:
             time.sleep(self.delay)
         verified_with, payload = None, None
@@ -66,7 +68,8 @@ class WebhookReceiver:
             if verified_with is None:
                 status = 400
             self.received.append(Delivery(request.headers.get("webhook-id", ""), dict(request.headers), raw, payload,
-                                          verified_with, status, time.time(), request.full_path.rstrip("?")))
+                                          verified_with, status, time.time(), request.full_path.rstrip("?"),
+                                          truncated))
             self._cond.notify_all()
         return Response(status=status, headers=self.headers)(environ, start_response)
 
