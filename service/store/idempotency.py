@@ -51,7 +51,8 @@ class IdempotencyKeys:
         self._ttl = ttl
         self._lease = lease
         insert = postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert
-        self._insert = insert(K).on_conflict_do_nothing(index_elements=[K.c.scope, K.c.key])
+        # RETURNING, not rowcount: psycopg reports no row count for INSERT ... ON CONFLICT here.
+        self._insert = insert(K).on_conflict_do_nothing(index_elements=[K.c.scope, K.c.key]).returning(K.c.lock)
 
     def claim(self, scope: str, key: str, fingerprint: str) -> Claim:
         now = _now()
@@ -62,7 +63,7 @@ class IdempotencyKeys:
             conn.execute(sa.delete(K).where(K.c.expires_at < now))
             inserted = conn.execute(self._insert.values(
                 scope=scope, key=key, fingerprint=fingerprint, lock=lock, claimed_at=now, expires_at=now + self._ttl))
-            if inserted.rowcount == 1:
+            if inserted.first() is not None:
                 return Claim("new", lock)
             row = conn.execute(sa.select(K).where(*where)).mappings().one()
             if row["fingerprint"] != fingerprint:
@@ -73,15 +74,15 @@ class IdempotencyKeys:
                 return Claim("in_flight")
             # Its request died mid-flight: take it over, unless another retry just did.
             taken = conn.execute(sa.update(K).where(*where, K.c.lock == row["lock"])
-                                 .values(lock=lock, claimed_at=now))
-            return Claim("new", lock) if taken.rowcount == 1 else Claim("in_flight")
+                                 .values(lock=lock, claimed_at=now).returning(K.c.lock)).first()
+            return Claim("new", lock) if taken is not None else Claim("in_flight")
 
     def complete(self, scope: str, key: str, lock: str, status: int, body: dict, headers: dict) -> bool:
         """Keep the answer for replays; False if the claim was lost (its lease ran out)."""
         with self._store._write() as conn:
             done = conn.execute(sa.update(K).where(K.c.scope == scope, K.c.key == key, K.c.lock == lock)
-                                .values(lock=None, status=status, body=body, headers=headers))
-            return done.rowcount == 1
+                                .values(lock=None, status=status, body=body, headers=headers).returning(K.c.key))
+            return done.first() is not None
 
     def release(self, scope: str, key: str, lock: str) -> None:
         """Forget the key: its request did nothing, and a retry may start afresh."""
