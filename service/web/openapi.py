@@ -104,6 +104,8 @@ class ApiBlueprint(Blueprint):
         if self.authenticated:
             doc["security"] = [{BEARER: []}]
             responses.setdefault(401, "Unauthorized")
+        # Any request may carry a query string longer than the HTTP server reads.
+        responses.setdefault(414, "UriTooLong")
         if "requestBody" in doc:
             responses.setdefault(400, "MalformedBody")
             responses.setdefault(413, "TooLarge")
@@ -161,6 +163,9 @@ def create_api(app: Flask) -> ServiceApi:
         {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="api"'}}))
     spec.components.response("MalformedBody", _error_response("The body is not JSON, or not a JSON object."))
     spec.components.response("TooLarge", _error_response("The body is over the size limit."))
+    spec.components.response("UriTooLong", {"description": (
+        "The request line is longer than the HTTP server reads (gunicorn: 4094 bytes); the server answers before "
+        "the API, not in JSON.")})
 
     assets = FlaskBlueprint("api-docs-assets", __name__, url_prefix=DOCS_ASSETS.rstrip("/"))
     assets.add_url_rule("/<path:filename>", "asset",
