@@ -20,7 +20,7 @@ from service import openapi_document
 from tests.fixtures.app import API_TOKEN
 
 FULL = os.environ.get("FAULT_SCALE") == "full"
-EXAMPLES = 500 if FULL else 25
+EXAMPLES = 300 if FULL else 25
 
 
 def document_config(examples: int = EXAMPLES) -> schemathesis.Config:

@@ -220,7 +220,7 @@ def test_api_against_its_document_on_gunicorn(tmp_path, postgres_server):
     """The property tests of tests/test_api_properties.py, against gunicorn, over HTTP, with the
     document as gunicorn serves it."""
     with fault_stack(tmp_path, postgres_server) as f:
-        examples = scaled(500, 20)
+        examples = scaled(300, 20)
         schema = schemathesis.openapi.from_url(f.stack.base_url + "/api/openapi.json",
                                                config=document_config(examples))
         started = time.monotonic()
