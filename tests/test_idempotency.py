@@ -189,3 +189,46 @@ def test_released_key_and_dead_claim_can_be_taken_again(store):
     assert taken.state == "new" and taken.lock != retry.lock
     assert not keys.complete("scope", "k", retry.lock, 201, {}, {})
     assert keys.complete("scope", "k", taken.lock, 201, {"sid": "RE2"}, {})
+
+
+def _slow_client(app, sandbox, budget: float) -> None:
+    services = app.extensions["services"]
+    settings = services.settings
+    services.__dict__["signalwire"] = SignalWireClient(
+        sandbox.base_url, settings.signalwire_project_id, settings.signalwire_api_token, create_budget=budget)
+
+
+def test_retry_after_504_takes_the_recording_the_first_attempt_started(app, client, auth, sandbox):
+    _slow_client(app, sandbox, budget=0.5)
+    call, key = str(uuid.uuid4()), str(uuid.uuid4())
+    sandbox.latency = 1.0
+    assert start(client, auth, call, key).status_code == 504
+    # SignalWire did start it, after this service stopped waiting.
+    deadline = time.monotonic() + 5
+    while not sandbox.recordings and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [started] = sandbox.recordings
+    sandbox.latency = 0
+    retry = start(client, auth, call, key)
+    assert retry.status_code == 201 and retry.get_json()["sid"] == started
+    assert retry.headers["Location"] == f"/api/recordings/{started}"
+    assert creates(sandbox) == 1  # not started a second time
+    stored = client.get(f"/api/recordings/{started}", headers=auth).get_json()
+    assert stored["started_by_us"] is True and stored["requested"]["channels"] == "mono"
+    replay = start(client, auth, call, key)
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["sid"] == started
+
+
+def test_retry_after_504_starts_one_if_the_first_attempt_did_not(app, client, auth, sandbox):
+    _slow_client(app, sandbox, budget=0.5)
+    call, key = str(uuid.uuid4()), str(uuid.uuid4())
+    # Another recording on the call, started before: not this start's.
+    other = start(client, auth, call).get_json()["sid"]
+    sandbox.latency = 1.0
+    sandbox.fail_next(500)  # slow, and then no recording at all
+    assert start(client, auth, call, key).status_code == 504
+    time.sleep(0.7)
+    sandbox.latency = 0
+    retry = start(client, auth, call, key)
+    assert retry.status_code == 201 and retry.get_json()["sid"] != other
+    assert creates(sandbox) == 2 and len(sandbox.recordings) == 2
