@@ -123,6 +123,16 @@ def test_a_start_past_its_budget_is_504_and_its_key_is_free_again(app, client, a
     assert retry.status_code == 201 and "Idempotent-Replayed" not in retry.headers
 
 
+def test_keys_that_cannot_be_checked_are_503_and_nothing_is_sent(client, auth, sandbox, store):
+    with store.engine.begin() as conn:  # the key store is gone: fail closed, not start unguarded
+        conn.execute(sa.text("DROP TABLE idempotency_keys"))
+    response = start(client, auth, str(uuid.uuid4()), str(uuid.uuid4()))
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert "Idempotency-Key" in response.get_json()["error"]["message"]
+    assert creates(sandbox) == 0
+    assert start(client, auth, str(uuid.uuid4())).status_code == 201  # without a key: as ever
+
+
 def test_twenty_racing_retries_start_one_recording(client, auth, sandbox):
     """Twenty clients send the same start with the same key at once while SignalWire is slow:
     SignalWire gets one Create; the others are told it is in progress (409), and once it is

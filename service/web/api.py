@@ -101,8 +101,7 @@ def _start(call_sid: str, params: dict, unsure_since: datetime | None = None) ->
             )
     except SignalWireError as exc:
         error = _upstream_error(exc)
-        return error.status, {"error": {"status": error.status, "message": error.message, **error.details}}, \
-            error.headers
+        return error.status, error.envelope(), error.headers
     try:
         services.store.save_started(recording, params)
     except Exception:
@@ -159,6 +158,9 @@ def _start_once(key: str, call_sid: str, params: dict) -> tuple[int, dict, dict]
               headers={"Location": {"schema": {"type": "string"}, "description": "/api/recordings/{sid}"},
                        "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
                                                "description": "Present when this is a replay of the first answer."}})
+@blp.alt_response(400, schema=ErrorSchema, description=(
+    "The body is not JSON, or not a JSON object; or SignalWire refused the request as malformed (with "
+    "`error.signalwire`)."))
 @blp.alt_response(404, schema=ErrorSchema, description="SignalWire knows no such call. " + SIGNALWIRE_ERROR)
 @blp.alt_response(409, schema=ErrorSchema, description=(
     "The call is not in progress (SignalWire's code 21220), or SignalWire's own 409; or a request with the same "
