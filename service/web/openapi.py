@@ -43,7 +43,7 @@ SignalWire's own `status`, `code` and `message` under `error.signalwire`.
 **Paging.** Lists are newest first and paged by cursor: pass `limit` (1 to 1000) and, for the
 next page, the previous page's `next_cursor` as `cursor`; `next_cursor` is null on the last page.
 
-**Idempotency.** `POST /api/calls/{CallSid}/recordings` takes an `Idempotency-Key` header: a
+**Idempotency.** `POST /api/calls/{call_sid}/recordings` takes an `Idempotency-Key` header: a
 retry with the same key and the same request within 24 hours gets the first answer again and
 starts nothing more at SignalWire. See that operation for the details.
 """
