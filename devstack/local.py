@@ -127,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         stack = resources.enter_context(Stack(env, port=port, workers=args.workers, log_path=log_path))
         if log_path:
             print(f"* Logs of the web and worker processes: {log_path}")
-        token = env["SERVICE_API_TOKEN"]
-        print(f"* Web: {stack.base_url}")
+        token = env["SERVICE_API_TOKEN"].split(",")[0].strip()  # the first, if several are set
+        print(f"* Web: {stack.base_url} (API reference: {stack.base_url}/api/docs)")
         # A local run's own token (or the one SERVICE_API_TOKEN chose): printing it is the point.
         print(f"* API token: {token}")
         demo(stack.base_url, token)

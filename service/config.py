@@ -191,7 +191,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # that path would no longer be the path.
         problems.append("PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)")
 
-    service_tokens = _list(required("SERVICE_API_TOKEN"))
+    raw_tokens = required("SERVICE_API_TOKEN")
+    service_tokens = _list(raw_tokens)
+    if raw_tokens and not service_tokens:
+        problems.append("SERVICE_API_TOKEN is not set (only commas and spaces)")
     short = sum(len(token) < 16 for token in service_tokens)
     if short:  # which one is never said: the message must not help guess a token
         problems.append(f"SERVICE_API_TOKEN must be at least 16 characters, each token if several ({short} of "

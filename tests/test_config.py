@@ -44,6 +44,17 @@ def test_secrets_never_appear_in_errors_or_repr():
         assert secret not in repr(settings)
 
 
+def test_several_api_tokens_for_a_rotation_each_at_least_16_characters():
+    settings = load_settings(dict(GOOD, SERVICE_API_TOKEN=" old-token-0123456789 , new-token-0123456789,"))
+    assert settings.service_api_tokens == ("old-token-0123456789", "new-token-0123456789")
+    assert "old-token-0123456789" in settings.secrets and "new-token-0123456789" in settings.secrets
+    with pytest.raises(ConfigError, match="1 of 2 not") as info:
+        load_settings(dict(GOOD, SERVICE_API_TOKEN="old-token-0123456789,tiny-token"))
+    assert "tiny-token" not in str(info.value) and "old-token" not in str(info.value)
+    with pytest.raises(ConfigError, match="SERVICE_API_TOKEN is not set"):
+        load_settings(dict(GOOD, SERVICE_API_TOKEN=" , "))
+
+
 def test_signing_key_required_unless_explicitly_opted_out():
     without = {k: v for k, v in GOOD.items() if k != "SIGNALWIRE_SIGNING_KEY"}
     with pytest.raises(ConfigError, match="SIGNALWIRE_SIGNING_KEY"):

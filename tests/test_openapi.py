@@ -75,8 +75,9 @@ def test_every_operation_documents_its_token_ids_and_error_envelope():
             assert "security" not in operation
         if "requestBody" in operation:
             assert {"400", "413"} <= set(responses), (path, method)
+        assert "414" in responses  # gunicorn's own answer to a request line it will not read
         for status, response in responses.items():
-            if int(status) >= 400:
+            if int(status) >= 400 and status != "414":
                 assert _schema_of(doc, response) == {"$ref": "#/components/schemas/Error"}, (path, method, status)
     webhook = doc["paths"]["/webhooks/recording-status"]
     for method in ("get", "post"):

@@ -317,6 +317,36 @@ def test_get_read_timeout_is_retried(sandbox, sw_client_factory):
     assert wait_until(lambda: sandbox.state()["api_requests"] == 2)
 
 
+def test_create_never_outlasts_its_budget(sandbox, sw_client_factory):
+    # The read timeout alone (10 s) would wait for the slow answer; the budget does not.
+    client = sw_client_factory(read_timeout=10, create_budget=0.5)
+    sandbox.latency = 3
+    started = time.monotonic()
+    with pytest.raises(SignalWireError) as info:
+        client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    assert time.monotonic() - started < 1.0
+    assert info.value.timeout and not info.value.retryable
+
+
+def test_create_budget_covers_retries_and_their_waits(sandbox, sw_client_factory):
+    # Each 503 asks for 0.4 s: the third attempt could not start within 1 s, so the client
+    # answers with the error it has instead of sleeping past its budget.
+    client = sw_client_factory(create_budget=1.0, max_retries=5, max_retry_wait=5)
+    sandbox.fail_next(503, retry_after=0.4, count=6)
+    started = time.monotonic()
+    with pytest.raises(SignalWireError) as info:
+        client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 503 and sandbox.state()["api_requests"] == 3
+
+
+def test_reads_have_no_create_budget(sandbox, sw_client_factory):
+    client = sw_client_factory(create_budget=0.2, read_timeout=5)
+    rec = client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    sandbox.latency = 0.4
+    assert client.fetch_recording(rec.sid).sid == rec.sid
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -228,7 +228,9 @@ class SignalWireClient:
         channels: str = "mono",
         track: str = "both",
         trim: str = "do-not-trim",
+        budget: float | None = None,
     ) -> Recording:
+        """`budget`: seconds for every attempt together (default `create_budget`)."""
         # Trim is always sent: its default changed between versions of SignalWire's docs.
         form = {
             "RecordingChannels": channels,
@@ -239,7 +241,8 @@ class SignalWireClient:
             "Trim": trim,
         }
         path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
-        return self._recording(self._request("POST", self.base_url + path, form, budget=self.create_budget))
+        budget = self.create_budget if budget is None else budget
+        return self._recording(self._request("POST", self.base_url + path, form, budget=budget))
 
     def fetch_recording(self, sid: str) -> Recording:
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
@@ -252,8 +255,10 @@ class SignalWireClient:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 1000,
+        budget: float | None = None,
     ) -> Iterator[Recording]:
-        """Newest first; follows `next_page_uri` (relative) but never onto another host."""
+        """Newest first; follows `next_page_uri` (relative) but never onto another host.
+        `budget`: seconds for each page's attempts together (none by default)."""
         params: dict[str, Any] = {"PageSize": page_size}
         if call_sid:
             params["CallSid"] = call_sid
@@ -263,7 +268,7 @@ class SignalWireClient:
             params["DateCreated<"] = _rfc2822(created_before)
         url: str | None = f"{self.base_url}{self._account_path}/Recordings.json"
         while url:
-            page = self._request("GET", url, params)
+            page = self._request("GET", url, params, budget=budget)
             for item in page.get("recordings") or ():
                 yield self._recording(item)
             url, params = self._next_page(page.get("next_page_uri")), None

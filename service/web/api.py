@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
+from datetime import datetime, timedelta, timezone
 
 from flask import current_app, g, jsonify, request
 from marshmallow import RAISE, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.domain.recordings import Recording
 from service.signalwire.client import SignalWireError
 from service.web.errors import ApiError, ErrorSchema
 from service.web.openapi import ApiBlueprint
@@ -56,23 +59,49 @@ def _upstream_error(exc: SignalWireError) -> ApiError:
     return ApiError(exc.status, exc.message, headers, signalwire=upstream)
 
 
-def _start(call_sid: str, params: dict) -> tuple[int, dict, dict]:
-    """Start the recording: (status, body, headers), SignalWire's refusals included."""
+def _started_since(services, call_sid: str, sent_at: datetime, budget: float) -> Recording | None:
+    """A recording an earlier attempt may have started without its answer reaching us: started
+    through the API on this call since then, and not claimed by another start of ours."""
+    since = sent_at - timedelta(seconds=1)  # SignalWire's times are whole seconds
+    for recording in services.signalwire.list_recordings(call_sid=call_sid, created_after=since, budget=budget):
+        if (recording.source or "").lower() != "startcallrecordingapi":
+            continue
+        if recording.date_created is not None and recording.date_created < since:
+            continue
+        stored = services.store.get(recording.sid)
+        if stored is None or not stored["started_by_us"]:
+            return recording
+    return None
+
+
+def _start(call_sid: str, params: dict, unsure_since: datetime | None = None) -> tuple[int, dict, dict]:
+    """Start the recording: (status, body, headers), SignalWire's refusals included.
+
+    `unsure_since`: an earlier attempt under the same key got no answer in time; what it may
+    have started is looked for first, and taken as this start's recording if found."""
     services = current_app.extensions["services"]
+    client = services.signalwire
     try:
-        recording = services.signalwire.create_recording(
-            call_sid,
-            status_callback=services.settings.callback_url,
-            events=params["events"],
-            callback_method=params["callback_method"],
-            channels=params["channels"],
-            track=params["track"],
-            trim=params["trim"],
-        )
+        recording = None
+        budget = client.create_budget
+        if unsure_since is not None:
+            started = time.monotonic()
+            recording = _started_since(services, call_sid, unsure_since, budget / 2)
+            budget -= time.monotonic() - started
+        if recording is None:
+            recording = client.create_recording(
+                call_sid,
+                status_callback=services.settings.callback_url,
+                events=params["events"],
+                callback_method=params["callback_method"],
+                channels=params["channels"],
+                track=params["track"],
+                trim=params["trim"],
+                budget=budget,
+            )
     except SignalWireError as exc:
         error = _upstream_error(exc)
-        return error.status, {"error": {"status": error.status, "message": error.message, **error.details}}, \
-            error.headers
+        return error.status, error.envelope(), error.headers
     try:
         services.store.save_started(recording, params)
     except Exception:
@@ -99,15 +128,19 @@ def _start_once(key: str, call_sid: str, params: dict) -> tuple[int, dict, dict]
         raise ApiError(409, "a request with this Idempotency-Key is in progress; retry later", {"Retry-After": "1"})
     if claim.state == "replay":
         return claim.status, claim.body, {**claim.headers, "Idempotent-Replayed": "true"}
+    sent_at = claim.sent_at or datetime.now(timezone.utc)
     status, body, headers = 500, {}, {}
     try:
-        status, body, headers = _start(call_sid, params)
+        status, body, headers = _start(call_sid, params, claim.sent_at)
     finally:
-        # Kept if SignalWire decided; released otherwise (and if anything above raised).
+        # Kept if SignalWire decided. Unsettled if it may have acted unseen (no answer in time,
+        # now or in an earlier attempt): the next retry looks first. Released otherwise.
         try:
             if status in FINAL_STATUSES:
                 if not keys.complete(scope, key, claim.lock, status, body, headers):
                     log.warning("idempotency key's claim expired before its answer was kept")
+            elif status == 504 or claim.sent_at is not None:
+                keys.unsettle(scope, key, claim.lock, sent_at)
             else:
                 keys.release(scope, key, claim.lock)
         except SQLAlchemyError:
@@ -125,6 +158,9 @@ def _start_once(key: str, call_sid: str, params: dict) -> tuple[int, dict, dict]
               headers={"Location": {"schema": {"type": "string"}, "description": "/api/recordings/{sid}"},
                        "Idempotent-Replayed": {"schema": {"type": "string", "enum": ["true"]},
                                                "description": "Present when this is a replay of the first answer."}})
+@blp.alt_response(400, schema=ErrorSchema, description=(
+    "The body is not JSON, or not a JSON object; or SignalWire refused the request as malformed (with "
+    "`error.signalwire`)."))
 @blp.alt_response(404, schema=ErrorSchema, description="SignalWire knows no such call. " + SIGNALWIRE_ERROR)
 @blp.alt_response(409, schema=ErrorSchema, description=(
     "The call is not in progress (SignalWire's code 21220), or SignalWire's own 409; or a request with the same "
@@ -140,8 +176,9 @@ def _start_once(key: str, call_sid: str, params: dict) -> tuple[int, dict, dict]
 @blp.alt_response(503, schema=ErrorSchema, description="The Idempotency-Key cannot be checked now.",
                   headers=RETRY_AFTER)
 @blp.alt_response(504, schema=ErrorSchema, description=(
-    "SignalWire did not answer in time (this request answers within 25 s in all). It may or may not have started "
-    "the recording; a retry with the same Idempotency-Key starts it only if nothing else answered since."))
+    "SignalWire did not answer in time (this request answers within 25 s in all), so whether it started the "
+    "recording is not known. Retry with the same Idempotency-Key: the retry first looks for a recording started "
+    "on the call since, and answers with it rather than start another."))
 def start_recording(headers: dict, params: dict, call_sid: str):
     """Start recording a live call.
 
@@ -152,8 +189,11 @@ def start_recording(headers: dict, params: dict, call_sid: str):
     path and the body once defaults are applied) within 24 hours, the first answer is returned
     again (status, body and `Location`, with `Idempotent-Replayed: true`), and SignalWire is
     asked only once, however many retries race. Kept answers are the 201 and SignalWire's
-    refusals of the request (400, 404, 409, 422). After anything else (a 429, 502, 503 or 504:
-    SignalWire did not decide) the key is free again and a retry is sent to SignalWire. The
+    refusals of the request (400, 404, 409, 422). After anything else (a 429, 502 or 503:
+    SignalWire did not decide) the key is free again and a retry is sent to SignalWire. After
+    a 504 (no answer in time: SignalWire may have started it) the key is free too, and its
+    retry first lists the call's recordings started through the API since the first attempt,
+    taking one that no other start of this service claims rather than starting another. The
     same key with a different request is 422; while the first request with a key is still in
     progress, others get 409. Without the header, every request is a new start.
     """

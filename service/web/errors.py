@@ -24,6 +24,9 @@ class ApiError(Exception):
         self.headers = headers or {}
         self.details = details
 
+    def envelope(self) -> dict:
+        return envelope(self.status, self.message, **self.details)
+
 
 class ErrorDetailSchema(Schema):
     class Meta:
@@ -49,9 +52,12 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
+def envelope(status: int, message: str, **details) -> dict:
+    return {"error": {"status": status, "message": message, **details}}
+
+
 def error_response(status: int, message: str, headers: dict | None = None, **details):
-    body = {"error": {"status": status, "message": message, **details}}
-    return jsonify(body), status, headers or {}
+    return jsonify(envelope(status, message, **details)), status, headers or {}
 
 
 def validation_fields(messages) -> dict:

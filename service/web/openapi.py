@@ -43,7 +43,7 @@ SignalWire's own `status`, `code` and `message` under `error.signalwire`.
 **Paging.** Lists are newest first and paged by cursor: pass `limit` (1 to 1000) and, for the
 next page, the previous page's `next_cursor` as `cursor`; `next_cursor` is null on the last page.
 
-**Idempotency.** `POST /api/calls/{CallSid}/recordings` takes an `Idempotency-Key` header: a
+**Idempotency.** `POST /api/calls/{call_sid}/recordings` takes an `Idempotency-Key` header: a
 retry with the same key and the same request within 24 hours gets the first answer again and
 starts nothing more at SignalWire. See that operation for the details.
 """
@@ -104,6 +104,8 @@ class ApiBlueprint(Blueprint):
         if self.authenticated:
             doc["security"] = [{BEARER: []}]
             responses.setdefault(401, "Unauthorized")
+        # Any request may carry a query string longer than the HTTP server reads.
+        responses.setdefault(414, "UriTooLong")
         if "requestBody" in doc:
             responses.setdefault(400, "MalformedBody")
             responses.setdefault(413, "TooLarge")
@@ -161,6 +163,9 @@ def create_api(app: Flask) -> ServiceApi:
         {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Bearer realm="api"'}}))
     spec.components.response("MalformedBody", _error_response("The body is not JSON, or not a JSON object."))
     spec.components.response("TooLarge", _error_response("The body is over the size limit."))
+    spec.components.response("UriTooLong", {"description": (
+        "The request line is longer than the HTTP server reads (gunicorn: 4094 bytes); the server answers before "
+        "the API, not in JSON.")})
 
     assets = FlaskBlueprint("api-docs-assets", __name__, url_prefix=DOCS_ASSETS.rstrip("/"))
     assets.add_url_rule("/<path:filename>", "asset",

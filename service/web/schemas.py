@@ -94,7 +94,9 @@ class IdempotencyHeadersSchema(Schema):
 
     idempotency_key = fields.String(
         data_key="Idempotency-Key",
-        validate=validate.Regexp(r"^[\x20-\x7e]{1,255}\Z", error="must be 1-255 printable ASCII characters"),
+        # Printable ASCII; spaces only inside (HTTP strips them at the ends).
+        validate=validate.Regexp(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?\Z",
+                                 error="must be 1-255 printable ASCII characters, not starting or ending with a space"),
         **_doc("Any unique string of 1-255 printable ASCII characters (a UUID, say), chosen by the client for "
                "this one start; send it again with every retry of the same start."),
     )
