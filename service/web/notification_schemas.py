@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
 from service.notify.addresses import MAX_URL_LENGTH
 from service.notify.events import EVENT_TYPES
@@ -22,19 +22,21 @@ def _doc(text: str) -> dict:
     return {"metadata": {"description": text}}
 
 
+def _unique(events: list) -> None:
+    if len(set(events)) != len(events):
+        raise ValidationError("must not repeat")
+
+
 def _events(**kwargs) -> fields.List:
-    return fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), validate=validate.Length(max=20),
-                       **kwargs)
+    # Validators on the list run once its items are valid: item errors are keyed by index, and
+    # a message keyed by name beside them would not make a JSON object with sortable keys.
+    return fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                       validate=[validate.Length(max=len(EVENT_TYPES)), _unique], **kwargs)
 
 
 class _EndpointInput(Schema):
     class Meta:
         unknown = RAISE
-
-    @validates("events")
-    def _unique(self, events, **kwargs):
-        if len(set(events)) != len(events):
-            raise ValidationError("must not repeat")
 
 
 class EndpointCreateSchema(_EndpointInput):
