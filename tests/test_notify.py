@@ -15,8 +15,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.notify.addresses import UnsafeUrl, check_endpoint, check_url, is_public, resolve
 from service.notify.deliver import Answer, _retry_after
-from service.notify.events import (ABSENT, COMPLETED, FAILED, JITTER, RETRY_SCHEDULE, next_attempt, terminal_event,
-                                   wants)
+from service.notify.events import ABSENT, COMPLETED, FAILED, JITTER, RETRY_SCHEDULE, next_attempt, terminal_event
 from service.notify.sender import body, decide
 from service.notify.signing import new_secret, signature_headers
 
@@ -75,8 +74,6 @@ def test_the_body_is_the_same_bytes_whatever_order_the_database_kept():
 def test_terminal_statuses_and_their_events():
     assert [terminal_event(s) for s in ("completed", "absent", "failed", "deleted", "in-progress", None)] == [
         COMPLETED, ABSENT, FAILED, FAILED, None, None]
-    assert wants([], "recording.started") and wants(["recording.absent"], "recording.absent")
-    assert not wants(["recording.absent"], "recording.completed")
 
 
 def test_the_retry_schedule_is_the_specifications_with_jitter():

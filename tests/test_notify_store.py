@@ -119,6 +119,8 @@ def test_enqueue_event_for_the_media_archive_carries_the_media_in_the_callers_tr
     assert [(r["endpoint_id"], r["recording_sid"]) for r in rows] == [(ep, "rec-1")]
     assert rows[0]["payload"]["data"]["media"] == media
     assert rows[0]["payload"]["data"]["status"] == "completed"
+    with pytest.raises(ValueError, match="only sha256"), store._write() as conn:
+        enqueue_event(conn, ARCHIVED, "rec-1", media={**media, "url": "https://files.example/a.wav"})
     # An unknown recording raises nothing (there is no row to describe).
     with store._write() as conn:
         enqueue_event(conn, ARCHIVED, "no-such-recording", media=media)

@@ -43,11 +43,6 @@ def terminal_event(status: str | None) -> str | None:
     return {"completed": COMPLETED, "absent": ABSENT}.get(status, FAILED)
 
 
-def wants(subscribed: list[str] | tuple[str, ...], event_type: str) -> bool:
-    """An endpoint with no event types listed gets them all."""
-    return not subscribed or event_type in subscribed
-
-
 def next_attempt(attempts: int, now: datetime, schedule: tuple[float, ...] = RETRY_SCHEDULE,
                  retry_after: float | None = None, rng: random.Random | None = None) -> datetime | None:
     """When to try again after `attempts` failed attempts, or None when the schedule is spent.

@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from service.domain.recordings import format_time, parse_time
-from service.notify.events import ROTATION_OVERLAP
+from service.notify.events import MEDIA_FIELDS, ROTATION_OVERLAP
 from service.notify.signing import new_secret
 from service.store.models import NotificationDeliveryRow, NotificationEndpointRow, RecordingRow, UTCDateTime
 
@@ -85,6 +85,10 @@ def enqueue_event(conn: Connection, event_type: str, recording_sid: str, *, medi
     `if_status`: only if the stored recording has this status and its metadata (a lagging
     snapshot that did not become the stored state raises nothing).
     """
+    if media is not None and set(media) - set(MEDIA_FIELDS):
+        # The body stays thin: a media URL (on SignalWire, the URL itself grants access) or
+        # anything else must not ride along.
+        raise ValueError(f"media may hold only {', '.join(MEDIA_FIELDS)}")
     now = now or _now()
     key = (conn.dialect.name, media is not None, if_status is not None)
     statement = _ENQUEUE.get(key)
@@ -242,10 +246,9 @@ class Notifications:
         page, next_cursor = keyset_page(self.engine, query, D.c.created_at, D.c.id, cursor, limit)
         return [_delivery(row) for row in page], next_cursor
 
-    def get_delivery(self, delivery_id: str, *, with_payload: bool = False) -> dict | None:
-        columns = (*DELIVERY_COLUMNS, D.c.payload) if with_payload else DELIVERY_COLUMNS
+    def get_delivery(self, delivery_id: str) -> dict | None:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(*columns).where(D.c.id == delivery_id)).mappings().first()
+            row = conn.execute(sa.select(*DELIVERY_COLUMNS).where(D.c.id == delivery_id)).mappings().first()
         return _delivery(row) if row else None
 
     def replay(self, delivery_id: str) -> dict | None:
