@@ -57,6 +57,8 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         print(f"* SignalWire: sandbox at {sandbox.base_url} (no credentials set)")
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
+    # Notification endpoints on this machine (http://127.0.0.1:...) are what a local run has.
+    env.setdefault("NOTIFY_ALLOW_PRIVATE", "true")
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
     return env
 

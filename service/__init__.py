@@ -35,6 +35,10 @@ def register_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.secrets)
     if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
         log.warning("!!! ALLOW_UNSIGNED_WEBHOOKS is on: recording callbacks are NOT verified. Never do this in production. !!!")
+    if settings.notify_allow_private:
+        from service.notify.addresses import ALLOW_PRIVATE_WARNING
+
+        log.warning(ALLOW_PRIVATE_WARNING)
 
 
 def register_services(app: Flask, settings: Settings) -> None:
@@ -54,11 +58,12 @@ def register_blueprints(app: Flask) -> None:
 
 def register_api(app: Flask):
     """The API's routes and the webhook, each in the OpenAPI document (service/web/openapi.py)."""
-    from service.web import api as recordings, webhooks
+    from service.web import api as recordings, endpoints, webhooks
     from service.web.openapi import create_api
 
     api = create_api(app)
     api.register_blueprint(recordings.blp)
+    api.register_blueprint(endpoints.blp)
     api.register_blueprint(webhooks.bp)
     return api
 

@@ -31,12 +31,8 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply database migrations (the Procfile's release step)."""
-    from service.config import default_database_url
-    from service.store.sql import Store
-    import os
-
     # Only the database is needed here, so migrate without the rest of the configuration.
-    store = Store(os.environ.get("DATABASE_URL") or default_database_url())
+    store = _database_store()
     store.migrate()
     store.dispose()
     click.echo("database is up to date")
@@ -233,6 +229,61 @@ def _release_inbox(row_ids: tuple[str, ...] | None) -> None:
     click.echo(f"released {len(released)} inbox row(s)")
     if missing:
         sys.exit(1)
+
+
+@main.group()
+def deliveries() -> None:
+    """Notification deliveries: send failed ones again (the database is all they need)."""
+
+
+def _database_store():
+    from service.config import default_database_url
+    from service.store.sql import Store
+    import os
+
+    return Store(os.environ.get("DATABASE_URL") or default_database_url())
+
+
+@deliveries.command("replay")
+@click.argument("delivery_ids", nargs=-1, required=True)
+def replay_deliveries(delivery_ids: tuple[str, ...]) -> None:
+    """Send deliveries again (same webhook-id and body, the whole retry schedule)."""
+    store = _database_store()
+    missing = 0
+    try:
+        for delivery_id in delivery_ids:
+            if store.notifications.replay(delivery_id) is None:
+                click.echo(f"{delivery_id}: no such delivery", err=True)
+                missing += 1
+            else:
+                click.echo(f"{delivery_id}: due again")
+    finally:
+        store.dispose()
+    if missing:
+        sys.exit(1)
+
+
+@deliveries.command("replay-failed")
+@click.argument("endpoint_id")
+@click.option("--since", required=True, type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                                     "%Y-%m-%d"]),
+              help="Replay failed deliveries created at or after this time (UTC unless it has an offset).")
+def replay_failed_deliveries(endpoint_id: str, since) -> None:
+    """Send every failed delivery of an endpoint created since a time again."""
+    from datetime import timezone
+
+    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    store = _database_store()
+    try:
+        endpoint = store.notifications.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise click.ClickException(f"no endpoint {endpoint_id}")
+        if endpoint["disabled"]:
+            raise click.ClickException(f"endpoint {endpoint_id} is disabled; enable it first")
+        count = store.notifications.replay_failed(endpoint_id, since)
+    finally:
+        store.dispose()
+    click.echo(f"replayed {count} failed deliveries of {endpoint_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

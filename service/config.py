@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from service.notify.events import RETRY_SCHEDULE
+
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", Path.cwd() / "instance"))
 # Plain http sends the Basic credentials in clear text: only to a sandbox on this machine.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -73,6 +75,14 @@ class Settings:
     recovery_interval: int = 3
     worker_alive_ttl: int = 8
     log_level: str = "INFO"
+    # Outbound notifications (service.notify): plain http and private addresses allowed (local
+    # run and tests only, logged loudly); the retry delays after each failed attempt; one
+    # attempt's timeout; deliveries in flight per worker; how often a worker looks for due ones.
+    notify_allow_private: bool = False
+    notify_retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
+    notify_timeout: int = 15
+    notify_concurrency: int = 8
+    notify_poll_interval: int = 1
 
     @property
     def callback_url(self) -> str:
@@ -159,6 +169,20 @@ def load_web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
     return WebSettings(**values)
 
 
+def _schedule(env: Mapping[str, str], name: str, default: tuple[float, ...], problems: list[str]) -> tuple[float, ...]:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        delays = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        problems.append(f"{name} must be comma-separated seconds, such as 0,5,300 (got {raw!r})")
+        return default
+    if not all(0 <= d <= 7 * 86400 for d in delays):
+        problems.append(f"{name} delays must be between 0 and 604800 seconds (got {raw!r})")
+    return delays
+
+
 def _list(value: str) -> tuple[str, ...]:
     """A comma-separated setting (several keys or tokens during a rotation)."""
     return tuple(item.strip() for item in value.split(",") if item.strip())
@@ -232,6 +256,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inbox_drain_interval=_int(env, "INBOX_DRAIN_INTERVAL", 2, problems, minimum=1),
         recovery_interval=_int(env, "RECOVERY_INTERVAL", 3, problems, minimum=1),
         worker_alive_ttl=_int(env, "WORKER_ALIVE_TTL", 8, problems, minimum=3),
+        notify_allow_private=_flag(env, "NOTIFY_ALLOW_PRIVATE", problems),
+        notify_retry_schedule=_schedule(env, "NOTIFY_RETRY_SCHEDULE", RETRY_SCHEDULE, problems),
+        notify_timeout=_int(env, "NOTIFY_TIMEOUT", 15, problems, minimum=1),
+        notify_concurrency=_int(env, "NOTIFY_CONCURRENCY", 8, problems, minimum=1),
+        notify_poll_interval=_int(env, "NOTIFY_POLL_INTERVAL", 1, problems, minimum=1),
     )
     queue_name = (env.get("RQ_QUEUE") or "recordings").strip()
     log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()

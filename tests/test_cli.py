@@ -140,3 +140,31 @@ def test_failed_lists_the_inbox_rows_set_aside_and_replay_hands_them_back(cli_en
     assert run("failed").strip() == "no failed jobs"
     run("replay", "--inbox", "x", expect=2)
     assert "released 0 inbox row(s)" in run("replay", "--inbox", "--all")
+
+
+# --- notification deliveries ------------------------------------------------------------------
+
+
+def test_deliveries_replay_and_replay_failed(store, monkeypatch):
+    from service.store.notifications import FAILED
+    from tests.test_store import full_recording
+
+    monkeypatch.setenv("DATABASE_URL", str(store.url.render_as_string(hide_password=False)))
+    endpoint, _ = store.notifications.create_endpoint("https://93.184.216.34/hooks", None)
+    for i in range(3):
+        store.save_metadata(full_recording(f"RE{i}"))
+    claims = store.notifications.claim(10, lease_seconds=30)
+    for claim in claims:
+        store.notifications.finish(claim, status=FAILED, last_status=500, last_error=None, next_attempt_at=None)
+
+    out = run("deliveries", "replay", claims[0].id)
+    assert f"{claims[0].id}: due again" in out
+    assert store.notifications.get_delivery(claims[0].id)["status"] == "pending"
+    assert "no such delivery" in run("deliveries", "replay", "msg_missing", expect=1)
+
+    since = (datetime.now(timezone.utc) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    assert "replayed 2 failed deliveries" in run("deliveries", "replay-failed", endpoint["id"], "--since", since)
+    assert "replayed 0" in run("deliveries", "replay-failed", endpoint["id"], "--since", since)
+    assert "no endpoint" in run("deliveries", "replay-failed", "ep_missing", "--since", since, expect=1)
+    store.notifications.update_endpoint(endpoint["id"], disabled=True)
+    assert "disabled" in run("deliveries", "replay-failed", endpoint["id"], "--since", since, expect=1)

@@ -7,7 +7,9 @@
 - crash recovery (every RECOVERY_INTERVAL s): jobs of dead workers and jobs stuck in RQ's
   intermediate queue run again;
 - reconciliation sweep (every SWEEP_INTERVAL s, 0 = off): one per interval across all
-  workers (a Redis key claims the slot), in its own thread because it can take minutes.
+  workers (a Redis key claims the slot), in its own thread because it can take minutes;
+- notifications (service.notify.sender): the outbox's due deliveries, sent from threads of
+  their own as soon as a write in this process adds some, or every NOTIFY_POLL_INTERVAL s.
 
 Errors are logged and the chore tries again at its next tick; nothing here can stop the
 worker. `stop()` ends the threads within about a second (the sweep thread finishes the
@@ -24,9 +26,13 @@ from typing import Callable
 import redis
 
 from service.config import Settings
+from service.notify.addresses import ALLOW_PRIVATE_WARNING
+from service.notify.deliver import HttpDeliverer
+from service.notify.sender import Sender, lease_for
 from service.pipelines.ingest import Ingest
 from service.services import Services
 from service.pipelines.sweep import sweep
+from service.store import notifications
 from workers import recovery
 
 log = logging.getLogger(__name__)
@@ -65,8 +71,13 @@ class Housekeeping:
         # Own connections (short Redis timeouts), separate from the work loop's.
         self.services = services or Services(settings)
         self._stop = threading.Event()
-        self.threads: list[_Periodic] = []
+        self.threads: list[threading.Thread] = []
         self._ingest: Ingest | None = None
+        self.deliverer = HttpDeliverer(allow_private=settings.notify_allow_private, timeout=settings.notify_timeout,
+                                       pool_size=settings.notify_concurrency)
+        self.sender = Sender(self.services.store.notifications, self.deliverer,
+                             schedule=settings.notify_retry_schedule, concurrency=settings.notify_concurrency,
+                             poll_interval=settings.notify_poll_interval, lease_seconds=lease_for(settings.notify_timeout))
 
     # --- the chores ------------------------------------------------------------------------
 
@@ -104,6 +115,8 @@ class Housekeeping:
 
     def start(self) -> "Housekeeping":
         s = self.settings
+        if s.notify_allow_private:
+            log.warning(ALLOW_PRIVATE_WARNING)
         beat_every = max(0.5, s.worker_alive_ttl / 4)
         try:
             self.beat()  # alive before the first job can start
@@ -120,14 +133,19 @@ class Housekeeping:
             self.threads.append(
                 _Periodic("sweep", min(30, s.sweep_interval), self.sweep_if_due, self._stop, first_delay=5)
             )
+        self.threads.append(threading.Thread(target=self.sender.run, args=(self._stop,), name="notify", daemon=True))
         for thread in self.threads:
             thread.start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        notifications.wake_sender.set()  # the sender stops now, not at its next poll
         for thread in self.threads:
             thread.join(timeout if thread.name != "sweep" else 0.1)
+        # The sender wrote what ended within a second; a delivery still in flight dies with the
+        # process, and its lease runs out before another worker sends it again.
+        self.deliverer.close()
         try:
             recovery.forget(self.services.redis, self.worker_name)
         except redis.RedisError:

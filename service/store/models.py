@@ -127,8 +127,6 @@ class InboxRow(Base):
     set_aside_at: Mapped[datetime | None]
 
 
-
-
 class IdempotencyKeyRow(Base):
     """The start-recording API's Idempotency-Keys (service.store.idempotency)."""
 
@@ -149,3 +147,57 @@ class IdempotencyKeyRow(Base):
     headers: Mapped[dict[str, Any] | None]
 
     __table_args__ = (sa.Index("ix_idempotency_keys_expires", "expires_at"),)
+
+
+# --- outbound notifications (service.notify) ---------------------------------------------
+
+# Deliveries the sender has to attempt (pending, due or leased): the partial index's condition.
+PENDING = sa.text("status = 'pending'")
+
+
+class NotificationEndpointRow(Base):
+    __tablename__ = "notification_endpoints"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    description: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    # Subscribed event types, space-separated between spaces (" a b "); empty means all. Text,
+    # so the outbox's INSERT ... SELECT filters on it the same way on both databases.
+    events: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    disabled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # [{"key": "whsec_...", "expires_at": ISO 8601 or null}]: every key still signing. Kept as
+    # written: HMAC needs the secret itself.
+    secrets: Mapped[list[Any]] = mapped_column(json_type())
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class NotificationDeliveryRow(Base):
+    __tablename__ = "notification_deliveries"
+
+    # The message's webhook-id, the same on every attempt.
+    id: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        sa.String(32), sa.ForeignKey("notification_endpoints.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    recording_sid: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]]
+    # pending (waiting, or leased to a sender until next_attempt_at), delivered, failed.
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_attempt_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    # The claim of the sender holding it; its result is written only while the claim is its own.
+    lease: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        # One message per endpoint, recording and event type: the outbox insert is idempotent.
+        sa.UniqueConstraint("endpoint_id", "recording_sid", "event_type", name="uq_notification_deliveries_event"),
+        sa.Index("ix_notification_deliveries_due", "next_attempt_at", postgresql_where=PENDING, sqlite_where=PENDING),
+        sa.Index("ix_notification_deliveries_endpoint", "endpoint_id", "created_at", "id"),
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import secrets
 import time
@@ -24,6 +25,8 @@ from sqlalchemy.engine import Connection
 
 from service.store.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
 from service.domain.recordings import CallbackEvent, Recording, format_time, status_rank
+from service.notify.events import STARTED, terminal_event
+from service.store import notifications
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -168,6 +171,11 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @functools.cached_property
+    def notifications(self) -> notifications.Notifications:
+        """Notification endpoints and deliveries (service.store.notifications)."""
+        return notifications.Notifications(self)
+
     @contextmanager
     def _write(self, pipelined: bool = False) -> Iterator[Connection]:
         """One write transaction (on SQLite it takes the write lock up front, see below).
@@ -188,11 +196,16 @@ class Store:
         """Our API started this recording: keep what we asked for."""
         with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, started_by_us=True, requested=requested)
+            notifications.enqueue_event(conn, STARTED, recording.sid)
+        notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def save_metadata(self, recording: Recording) -> None:
         """Metadata fetched from the REST API."""
         with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, last_fetched_at=_now(), last_error=None)
+            notify = self._notify_outcome(conn, recording)
+        if notify:
+            notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> None:
         """Store a status callback, and with it the metadata fetched for it, in one transaction.
@@ -205,6 +218,7 @@ class Store:
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
         _fit(values, EVENT_FIELDS)
+        notify = False
         with self._write(pipelined=True) as conn:
             if self._postgres:
                 conn.execute(self._sql["record"], values)
@@ -212,6 +226,18 @@ class Store:
                 conn.execute(self._sql["advance"], values)
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
+                notify = self._notify_outcome(conn, metadata)
+        if notify:
+            notifications.wake_sender.set()
+
+    def _notify_outcome(self, conn: Connection, metadata: Recording) -> bool:
+        """Metadata stored at a terminal status tells the endpoints (once per recording and
+        event: a repeated write adds nothing), if the stored row now holds that status."""
+        event_type = terminal_event(metadata.status)
+        if event_type is None:
+            return False
+        notifications.enqueue_event(conn, event_type, metadata.sid, if_status=metadata.status)
+        return True
 
     def _upsert(self, conn: Connection, recording: Recording, **own: Any) -> None:
         now = _now()
@@ -355,17 +381,7 @@ class Store:
             query = query.where(R.c.created_at >= created_after)
         if created_before is not None:
             query = query.where(R.c.created_at < created_before)
-        if cursor is not None:
-            after_time, after_sid = decode_cursor(cursor)
-            query = query.where(
-                sa.tuple_(R.c.created_at, R.c.sid)
-                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_sid, R.c.sid.type))
-            )
-        query = query.order_by(R.c.created_at.desc(), R.c.sid.desc()).limit(limit + 1)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        page = rows[:limit]
-        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["sid"]) if len(rows) > limit else None
+        page, next_cursor = keyset_page(self.engine, query, R.c.created_at, R.c.sid, cursor, limit)
         return [_json_ready(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
@@ -450,6 +466,22 @@ class Store:
 
 def _json_ready(row: Any) -> dict:
     return {key: format_time(value) if isinstance(value, datetime) else value for key, value in dict(row).items()}
+
+
+def keyset_page(engine: sa.Engine, query: sa.Select, created: sa.Column, key: sa.Column, cursor: str | None,
+                limit: int) -> tuple[list, str | None]:
+    """One page of `query`, newest first on (created, key), after `cursor`; and the next page's
+    cursor (None on the last page). A malformed cursor raises ValueError."""
+    if cursor is not None:
+        after_time, after_key = decode_cursor(cursor)
+        query = query.where(sa.tuple_(created, key)
+                            < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_key, key.type)))
+    query = query.order_by(created.desc(), key.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][created.name], page[-1][key.name]) if len(rows) > limit else None
+    return page, next_cursor
 
 
 def encode_cursor(created_at: datetime, sid: str) -> str:
