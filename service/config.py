@@ -55,6 +55,15 @@ class Settings:
     recovery_interval: int = 3
     worker_alive_ttl: int = 8
     log_level: str = "INFO"
+    # The media archive (service.media): where copies go (None: no archiving), which format is
+    # downloaded, whether the recording is deleted at SignalWire once its copy is verified, and
+    # how a copy in S3 is verified. The storage's own secrets are read here only to keep them
+    # out of logs (boto3 reads its variables itself).
+    media_storage_url: str | None = None
+    media_format: str = "wav"
+    media_delete_after_archive: bool = False
+    media_verify: str = "checksum"
+    storage_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def callback_url(self) -> str:
@@ -68,7 +77,7 @@ class Settings:
         url_passwords = [form for p in passwords if p for form in (p, unquote(p))]
         return tuple(
             s for s in (self.signalwire_api_token, self.service_api_token, *self.signalwire_signing_keys,
-                        *url_passwords) if s
+                        *url_passwords, *self.storage_secrets) if s
         )
 
     def __repr__(self) -> str:
@@ -189,6 +198,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
 
+    media = _media_settings(env, problems)
+
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -204,4 +215,28 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_name=queue_name,
         log_level=log_level,
         **settings,
+        **media,
     )
+
+
+def _media_settings(env: Mapping[str, str], problems: list[str]) -> dict:
+    from service.media.storage import VERIFY_MODES, parse_location
+
+    url = (env.get("MEDIA_STORAGE_URL") or "").strip() or None
+    if url is not None:
+        try:
+            parse_location(url)
+        except ValueError as exc:
+            problems.append(f"MEDIA_STORAGE_URL {exc}")
+    fmt = (env.get("MEDIA_FORMAT") or "wav").strip().lower()
+    if fmt not in ("wav", "mp3"):
+        problems.append(f"MEDIA_FORMAT must be wav or mp3 (got {fmt!r})")
+    verify = (env.get("MEDIA_VERIFY") or "checksum").strip().lower()
+    if verify not in VERIFY_MODES:
+        problems.append(f"MEDIA_VERIFY must be {' or '.join(VERIFY_MODES)} (got {verify!r})")
+    delete = _flag(env, "MEDIA_DELETE_AFTER_ARCHIVE", problems)
+    if delete and url is None:
+        problems.append("MEDIA_DELETE_AFTER_ARCHIVE needs MEDIA_STORAGE_URL: nothing would be archived first")
+    secrets = tuple(v for v in (env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")) if v)
+    return dict(media_storage_url=url, media_format=fmt, media_delete_after_archive=delete, media_verify=verify,
+                storage_secrets=secrets)

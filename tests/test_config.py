@@ -92,3 +92,36 @@ def test_public_base_url_with_query_or_fragment_is_refused(url):
     with pytest.raises(ConfigError) as info:
         load_settings(dict(GOOD, PUBLIC_BASE_URL=url))
     assert info.value.problems == ["PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)"]
+
+
+def test_media_archive_is_off_unless_a_storage_url_is_set():
+    settings = load_settings(GOOD)
+    assert settings.media_storage_url is None and not settings.media_delete_after_archive
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://team-recordings/calls/", MEDIA_FORMAT="MP3",
+                                  MEDIA_DELETE_AFTER_ARCHIVE="true", MEDIA_VERIFY="read"))
+    assert settings.media_storage_url == "s3://team-recordings/calls/"
+    assert (settings.media_format, settings.media_delete_after_archive, settings.media_verify) == ("mp3", True, "read")
+    assert load_settings(dict(GOOD, MEDIA_STORAGE_URL="file:///srv/media")).media_verify == "checksum"
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"MEDIA_STORAGE_URL": "s3://A_Bad_Bucket/x"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file://relative/path"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "gs://bucket"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "s3://bucket/x?versioning=1"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_FORMAT": "ogg"}, "MEDIA_FORMAT"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_VERIFY": "trust"}, "MEDIA_VERIFY"),
+    ({"MEDIA_DELETE_AFTER_ARCHIVE": "true"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_DELETE_AFTER_ARCHIVE": "maybe"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+])
+def test_bad_media_settings_are_named(env, named):
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, **env))
+    assert len(info.value.problems) == 1 and named in info.value.problems[0]
+
+
+def test_storage_secret_is_redacted_but_never_shown():
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://bucket-name", AWS_SECRET_ACCESS_KEY="aws-secret-value"))
+    assert "aws-secret-value" in settings.secrets
+    assert "aws-secret-value" not in repr(settings)

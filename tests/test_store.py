@@ -90,7 +90,7 @@ def test_migrations_apply_from_empty_and_match_the_models(database_url):
         assert indexes["ix_recordings_call_created"] == ["call_sid", "created_at", "sid"]
         assert indexes["ix_recordings_status_created"] == ["status", "created_at", "sid"]
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
         store.ping()
