@@ -46,10 +46,11 @@ def register_services(app: Flask, settings: Settings) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.web import api, health, webhooks
+    from service.web import api, health, media, webhooks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(media.blp)
     app.register_blueprint(webhooks.bp)
 
 

@@ -148,7 +148,7 @@ def test_a_short_retry_after_is_waited_out(store, sandbox, sw_client, redis_conn
 
 
 def test_a_rate_limit_pushes_back_the_next_sweep_slot(store, sandbox, sw_client, redis_conn):
-    settings = SimpleNamespace(sweep_interval=60, sweep_after=600, sweep_list_hours=0)
+    settings = SimpleNamespace(sweep_interval=60, sweep_after=600, sweep_list_hours=0, media_storage_url=None)
     services = SimpleNamespace(redis=redis_conn, store=store, signalwire=sw_client)
     keeper = Housekeeping(settings, "worker-a", services)
     seen_in_progress(store, completed_recording(sandbox, sw_client))

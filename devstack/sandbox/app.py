@@ -628,6 +628,9 @@ class Sandbox:
         # Media needs no auth (SignalWire's retrieve-recording docs) but must belong to this account.
         if rec is not None and account_sid == self.project_id and ext in ("wav", "mp3") and self.media_redirect:
             host = "localhost" if self.host == "127.0.0.1" else "127.0.0.1"
+            with self._lock:
+                self.media_requests.append({"sid": sid, "ext": ext, "status": 302, "host": request.host,
+                                            "with_auth": request.authorization is not None})
             return Response(status=302, headers={"Location": f"http://{host}:{self.port}/_sandbox/media/{account_sid}/{name}"})
         return self._media(account_sid, sid, ext, rec, completed_at)
 

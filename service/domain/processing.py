@@ -8,6 +8,7 @@ the configured space by RecordingSid, never from the RecordingUrl the callback c
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from service.domain.recordings import CallbackEvent, needs_metadata
 from service.signalwire.client import SignalWireClient, SignalWireError
@@ -15,7 +16,10 @@ from service.signalwire.client import SignalWireClient, SignalWireError
 log = logging.getLogger(__name__)
 
 
-def handle_callback(store, client: SignalWireClient, event: CallbackEvent) -> str:
+def handle_callback(store, client: SignalWireClient, event: CallbackEvent,
+                    on_completed: Callable[[str], object] | None = None) -> str:
+    """`on_completed(sid)` runs once the recording is stored as completed (the media archive
+    queues its job there); if it raises, the callback's job is retried, and repeats are harmless."""
     if not needs_metadata(event.status):
         store.record_event(event)
         return "recorded"
@@ -28,5 +32,7 @@ def handle_callback(store, client: SignalWireClient, event: CallbackEvent) -> st
         store.note_attempt(event.recording_sid, str(exc))
         raise
     store.record_event(event, metadata=recording)  # one transaction for both
+    if on_completed is not None and recording.status == "completed":
+        on_completed(recording.sid)
     return recording.status or "stored"
 

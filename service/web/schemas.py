@@ -7,6 +7,7 @@ from datetime import timezone
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.domain.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
+from service.media import MEDIA_STATUSES
 
 # \Z, not $: "$" would also accept a trailing newline.
 SID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}\Z", error="must be 1-64 letters, digits, '-' or '_'")
@@ -50,6 +51,7 @@ class ListRecordingsSchema(Schema):
 
     call_sid = fields.String(validate=SID)
     status = fields.String(validate=STATUS)
+    media_status = fields.String(validate=validate.OneOf(MEDIA_STATUSES))
     created_after = UtcDateTime()
     created_before = UtcDateTime()
     cursor = fields.String(validate=validate.Length(max=512))
