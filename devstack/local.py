@@ -44,6 +44,8 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         env["REDIS_URL"] = resources.enter_context(EmbeddedRedis()).url
         print(f"* Redis: embedded server at {env['REDIS_URL']}")
     env.setdefault("DATABASE_URL", default_database_url())
+    # Each completed recording's audio is archived under instance/ (a folder, verified by reading back).
+    env.setdefault("MEDIA_STORAGE_URL", f"file://{(INSTANCE_DIR / 'media').resolve()}")
     if not (env.get("SIGNALWIRE_PROJECT_ID") and env.get("SIGNALWIRE_API_TOKEN")):
         from devstack import sandbox as sb
 
@@ -58,6 +60,7 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
+    print(f"* Media archive: {env['MEDIA_STORAGE_URL']}")
     return env
 
 

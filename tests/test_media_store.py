@@ -98,3 +98,11 @@ def test_the_sweeps_media_query_uses_its_partial_index(store):
         else:
             plan = " ".join(r[0] for r in conn.execute(sa.text("EXPLAIN " + query), {"t": later()}))
     assert "ix_recordings_media_unarchived" in plan
+
+
+def test_the_first_verification_stands(store):
+    completed(store, "rec-1")
+    store.media_archived("rec-1", key="k1", size=1, sha256=SHA, content_type="audio/x-wav")
+    first = store.get("rec-1")["media"]
+    store.media_archived("rec-1", key="k2", size=2, sha256="cd" * 32, content_type="audio/mpeg")
+    assert store.get("rec-1")["media"] == first

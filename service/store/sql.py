@@ -401,8 +401,9 @@ class Store:
                            media_status="failed" if final else "pending", media_attempts=R.c.media_attempts + 1)
 
     def media_archived(self, sid: str, *, key: str, size: int, sha256: str, content_type: str) -> None:
-        """The copy was read back and matched the download: the recording is archived."""
-        self._media_update(sid, sa.true(), media_status="archived", media_key=key, media_bytes=size,
+        """The copy was read back and matched the download: the recording is archived. The first
+        verification stands: a second run of the job (a worker presumed dead) changes nothing."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_status="archived", media_key=key, media_bytes=size,
                            media_sha256=sha256, media_content_type=content_type[:64], media_archived_at=_now(),
                            media_error=None)
 
