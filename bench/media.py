@@ -166,7 +166,7 @@ def worker_rss(servers: Servers, db_url: str, tmp: Path, rss_mb: int) -> list[di
         client = SignalWireClient(servers.sandbox, PROJECT_ID, API_TOKEN)
         queue = queue_for(settings, redis_connection(settings.redis_url))
         try:
-            sizes = [("warm-up, 60 s", 60), ("1-hour WAV", 3600), (f"{rss_mb} MB", rss_mb * 1_000_000 // WAV_BYTES_PER_SECOND)]
+            sizes = [("warm-up, 20 MB", 1250), ("1-hour WAV", 3600), (f"{rss_mb} MB", rss_mb * 1_000_000 // WAV_BYTES_PER_SECOND)]
             for label, seconds in sizes:
                 sid, = servers.recordings(1, seconds)
                 _store_completed(store, client, [sid])
@@ -189,7 +189,11 @@ def worker_rss(servers: Servers, db_url: str, tmp: Path, rss_mb: int) -> list[di
                 log(f"rss {label}: {row}")
         finally:
             worker.terminate()
-            worker.wait(30)
+            try:
+                worker.wait(90)  # RQ's command-channel thread can take up to a minute to stop
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
             store.dispose()
             client.close()
     return results

@@ -35,7 +35,7 @@ def storage(request, tmp_path):
     backend.close()
 
 
-@pytest.mark.parametrize("size", [0, 1000, 12 * MiB + 17])
+@pytest.mark.parametrize("size", [0, 1000, 5 * MiB, 10 * MiB, 12 * MiB + 17])
 def test_put_stat_verify_and_read_back(storage, size):
     data = os.urandom(size)
     key = storage.key(f"acc/2026/03/rec-{size}.wav")

@@ -37,16 +37,18 @@ def _b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
 
 
-def _read_upto(source: Source, size: int, head: bytes = b"") -> bytes:
-    """Up to `size` bytes (fewer only at the end), after `head`; joined once, not grown."""
-    chunks, count = [head], len(head)
-    while count < size:
-        chunk = source.read(size - count)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        count += len(chunk)
-    return b"".join(chunks)
+def _fill(source: Source, buf: bytearray, start: int = 0) -> int:
+    """Read into `buf` from `start` until it is full or the source ends; returns the bytes in it.
+    One buffer, filled in place: a part never costs two copies of itself in memory."""
+    n = start
+    with memoryview(buf) as view:
+        while n < len(buf):
+            chunk = source.read(len(buf) - n)
+            if not chunk:
+                break
+            view[n:n + len(chunk)] = chunk
+            n += len(chunk)
+    return n
 
 
 class S3Storage(Storage):
@@ -83,20 +85,23 @@ class S3Storage(Storage):
     # --- upload ------------------------------------------------------------------------
 
     def put(self, key: str, source: Source, *, content_type: str) -> None:
-        first = _read_upto(source, self.part_size)
-        more = source.read(1) if len(first) == self.part_size else b""
+        buf = bytearray(self.part_size)
+        n = _fill(source, buf)
+        more = source.read(1) if n == len(buf) else b""
         if not more:  # the whole body: one PUT
+            del buf[n:]
             sha256 = source.hexdigest()
             try:
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=first, ContentType=content_type,
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=buf, ContentType=content_type,
                                        Metadata={META_SHA256: sha256}, ChecksumAlgorithm="SHA256",
                                        ChecksumSHA256=_b64(sha256))
             except self._errors as exc:
                 raise self._fail("PUT", key, exc) from None
             return
-        self._multipart(key, source, first, more, content_type)
+        self._multipart(key, source, buf, more, content_type)
 
-    def _multipart(self, key: str, source: Source, part: bytes, carry: bytes, content_type: str) -> None:
+    def _multipart(self, key: str, source: Source, buf: bytearray, carry: bytes, content_type: str) -> None:
+        """Part by part through one buffer; `buf` holds the first part, `carry` the byte after it."""
         try:
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")["UploadId"]
@@ -104,15 +109,17 @@ class S3Storage(Storage):
             raise self._fail("starting a multipart upload of", key, exc) from None
         parts = []
         try:
-            while part:
-                checksum = base64.b64encode(hashlib.sha256(part).digest()).decode()
+            while buf:
+                checksum = base64.b64encode(hashlib.sha256(buf).digest()).decode()
                 number = len(parts) + 1
                 answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                                 Body=part, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                                                 Body=buf, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
                 parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
-                part = None  # freed before the next part is read: one part in memory at a time
-                part = _read_upto(source, self.part_size, carry)
+                buf[:len(carry)] = carry
+                n = _fill(source, buf, len(carry))
                 carry = b""
+                if n < len(buf):  # the last part (or none)
+                    del buf[n:]
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                   MultipartUpload={"Parts": parts})
         except BaseException as exc:
