@@ -61,9 +61,15 @@ def media_stack(tmp_path, postgres_server, s3_server, *, duration: int, workers:
                                   webhook=stack.base_url + "/webhooks/recording-status", log=tmp_path / "stack.log")
 
 
-def record(f, n: int) -> list[str]:
-    """n recordings whose completed callbacks the sandbox sends to the stack."""
-    return [f.sandbox.record_verb(str(uuid.uuid4()), f.webhook, events=["completed"]) for _ in range(n)]
+def record(f, n: int, per_second: float | None = None) -> list[str]:
+    """n recordings whose completed callbacks the sandbox sends to the stack (at most
+    `per_second` of them completing each second)."""
+    sids = []
+    for _ in range(n):
+        sids.append(f.sandbox.record_verb(str(uuid.uuid4()), f.webhook, events=["completed"]))
+        if per_second:
+            time.sleep(1 / per_second)
+    return sids
 
 
 def media_counts(store: Store) -> dict[str, int]:
@@ -171,7 +177,7 @@ def test_media_404_for_5_seconds_after_completion(tmp_path, postgres_server, s3_
     with media_stack(tmp_path, postgres_server, s3_server, duration=duration) as f:
         f.sandbox.set_knobs(media_not_ready_seconds=5)
         started = time.monotonic()
-        sids = record(f, n)
+        sids = record(f, n, per_second=5)  # paced: each archive starts within seconds of completion
         wait_archived(f, n, scaled(600, 300))
         not_ready = sum(1 for r in f.sandbox.media_requests if r["status"] == 404)
         figures = check_every_copy(f, sids, duration)
