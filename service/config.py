@@ -26,6 +26,18 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """What the gunicorn configuration needs (service/gunicorn_conf.py): checked on its own,
+    because gunicorn reads its configuration before it loads the app, whose own check
+    (load_settings) names every other problem."""
+
+    port: int = 5000
+    web_concurrency: int = 2
+    # gunicorn gthread threads per web process.
+    gunicorn_threads: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     signalwire_space: str
     signalwire_project_id: str
@@ -35,8 +47,13 @@ class Settings:
     service_api_token: str = dataclasses.field(repr=False)
     redis_url: str
     database_url: str
-    port: int = 5000
-    web_concurrency: int = 2
+    port: int = WebSettings.port
+    web_concurrency: int = WebSettings.web_concurrency
+    gunicorn_threads: int = WebSettings.gunicorn_threads
+    # Connections each SQLAlchemy engine keeps, and how many more it may open in a burst. A
+    # web process has one engine, a worker process two (README, "Database connections").
+    database_pool_size: int = 3
+    database_max_overflow: int = 3
     # Opt-out for local experiments only: accept unsigned callbacks (logged loudly).
     allow_unsigned_webhooks: bool = False
     queue_name: str = "recordings"
@@ -106,7 +123,8 @@ def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
     return parts.scheme in schemes and bool(parts.hostname)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -117,6 +135,8 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], m
         return default
     if value < minimum:
         problems.append(f"{name} must be at least {minimum} (got {value})")
+    elif maximum is not None and value > maximum:
+        problems.append(f"{name} must be at most {maximum} (got {value})")
     return value
 
 
@@ -128,6 +148,23 @@ def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
         return True
     problems.append(f"{name} must be true or false (got {raw!r})")
     return False
+
+
+def _web_values(env: Mapping[str, str], problems: list[str]) -> dict[str, int]:
+    return dict(
+        port=_int(env, "PORT", WebSettings.port, problems, minimum=1, maximum=65535),
+        web_concurrency=_int(env, "WEB_CONCURRENCY", WebSettings.web_concurrency, problems, minimum=1),
+        gunicorn_threads=_int(env, "GUNICORN_THREADS", WebSettings.gunicorn_threads, problems, minimum=1),
+    )
+
+
+def load_web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
+    """PORT, WEB_CONCURRENCY and GUNICORN_THREADS only, checked as load_settings checks them."""
+    problems: list[str] = []
+    values = _web_values(os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return WebSettings(**values)
 
 
 def default_database_url() -> str:
@@ -183,8 +220,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         problems.append("DATABASE_URL must be a postgres://, postgresql:// or sqlite:/// URL")
 
     settings = dict(
-        port=_int(env, "PORT", 5000, problems, minimum=1),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, problems, minimum=1),
+        **_web_values(env, problems),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", Settings.database_pool_size, problems, minimum=1),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", Settings.database_max_overflow, problems, minimum=0),
         dedupe_ttl=_int(env, "DEDUPE_TTL", 24 * 3600, problems, minimum=60),
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
         sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),
@@ -228,6 +266,9 @@ def _media_settings(env: Mapping[str, str], problems: list[str]) -> dict:
             parse_location(url)
         except ValueError as exc:
             problems.append(f"MEDIA_STORAGE_URL {exc}")
+        else:
+            if url.startswith("s3:"):
+                _s3_settings(env, problems)
     fmt = (env.get("MEDIA_FORMAT") or "wav").strip().lower()
     if fmt not in ("wav", "mp3"):
         problems.append(f"MEDIA_FORMAT must be wav or mp3 (got {fmt!r})")
@@ -237,6 +278,20 @@ def _media_settings(env: Mapping[str, str], problems: list[str]) -> dict:
     delete = _flag(env, "MEDIA_DELETE_AFTER_ARCHIVE", problems)
     if delete and url is None:
         problems.append("MEDIA_DELETE_AFTER_ARCHIVE needs MEDIA_STORAGE_URL: nothing would be archived first")
-    secrets = tuple(v for v in (env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")) if v)
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
     return dict(media_storage_url=url, media_format=fmt, media_delete_after_archive=delete, media_verify=verify,
-                storage_secrets=secrets)
+                storage_secrets=(secret,) if secret else ())
+
+
+# boto3 reads its own variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_REGION); for an s3:// storage they are checked here, so a typo stops the start.
+def _s3_settings(env: Mapping[str, str], problems: list[str]) -> None:
+    endpoint = (env.get("AWS_ENDPOINT_URL") or "").strip()
+    if endpoint and not _url_ok(endpoint, ("http", "https")):
+        problems.append("AWS_ENDPOINT_URL must be an http(s) URL, such as https://<account>.r2.cloudflarestorage.com")
+    if bool(env.get("AWS_ACCESS_KEY_ID")) != bool(env.get("AWS_SECRET_ACCESS_KEY")):
+        problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set together, or neither "
+                        "(boto3 then looks for credentials elsewhere)")
+    region = (env.get("AWS_REGION") or "").strip()
+    if region and not region.replace("-", "").isalnum():
+        problems.append(f"AWS_REGION must be a region name such as us-east-1 (got {region!r})")

@@ -55,7 +55,8 @@ class Services:
 
     @functools.cached_property
     def store(self) -> Store:
-        return Store(self.settings.database_url)
+        return Store(self.settings.database_url, pool_size=self.settings.database_pool_size,
+                     max_overflow=self.settings.database_max_overflow)
 
     @functools.cached_property
     def signalwire(self) -> SignalWireClient:

@@ -8,12 +8,12 @@ import os
 import time
 from typing import Callable, Iterator
 
-import pytest
 import requests
 
-from service.domain.recordings import Recording, is_terminal
 from devstack.stack import Stack
+from service.domain.recordings import Recording, is_terminal
 from service.store.sql import Store, temporary_schema
+from tests.fixtures.database import postgres_or_skip
 from tests.fixtures.sandbox import SandboxCredentials
 
 API_TOKEN = "e2e-api-token-0123456789abcdef"
@@ -27,12 +27,7 @@ def database(kind: str, tmp_dir, postgres_server) -> Iterator[str]:
         if kind == "sqlite":
             url = f"sqlite:///{tmp_dir / 'e2e.sqlite3'}"
         else:
-            server, reason = postgres_server
-            if server is None:
-                if os.environ.get("REQUIRE_POSTGRES") == "1":
-                    pytest.fail(reason)
-                pytest.skip(reason)
-            url = stack.enter_context(temporary_schema(server, "e2e"))
+            url = stack.enter_context(temporary_schema(postgres_or_skip(postgres_server), "e2e"))
         store = Store(url)
         store.migrate()
         store.dispose()

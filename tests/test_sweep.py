@@ -75,6 +75,19 @@ def test_a_404_is_recorded_and_the_recording_left_unfinished(store, sandbox, sw_
     assert store.get(ghost.sid)["attempts"] == 2
 
 
+def test_an_absent_recording_that_answers_404_is_not_swept_again(store, sandbox, sw_client, redis_conn):
+    # Absent (SignalWire received no audio) and no resource: the job ran out, or ended it.
+    ghost = Recording(sid=str(uuid.uuid4()), call_sid="call-x", status="absent")
+    store.record_event(CallbackEvent(recording_sid=ghost.sid, account_sid="acc", status="absent", received_at=OLD,
+                                     params={"ErrorCode": "16102"}))
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+    assert (report.checked, report.stored, report.failed) == (1, 0, 1)
+    stored = store.get(ghost.sid)
+    assert stored["status"] == "absent" and stored["attempts"] == 1 and "404" in stored["last_error"]
+    assert stored["last_fetched_at"]
+    assert sweep(store, sw_client, redis_conn, older_than_seconds=600).checked == 0  # final
+
+
 def test_listing_finds_recordings_whose_callbacks_never_came(store, sandbox, sw_client, redis_conn):
     call_sid = str(uuid.uuid4())
     unknown = sandbox.record_verb(call_sid, DEAD_CALLBACK, events=("in-progress", "completed"))

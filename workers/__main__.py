@@ -41,6 +41,12 @@ WORKER_TTL = 30
 # RQ's registry cleanup and scheduler takeover run only every maintenance_interval (600 s by
 # default): when the worker running the scheduler dies, retries would wait that long.
 MAINTENANCE_INTERVAL = 30
+# The socket timeout of the work loop's Redis connections: one that a failover left
+# half-open (no answer, no close) would otherwise hang the worker outside any job's timeout.
+# RQ gives the pool a timeout (dequeue + 10 s) only for connections opened after the worker
+# is built, not the one that waited for Redis. Longer than RQ's blocking dequeue
+# (WORKER_TTL - 15 s), and not shorter than RQ's own, which would then replace it.
+REDIS_SOCKET_TIMEOUT = WORKER_TTL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.secrets)
-    # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
-    connection = redis_connection(settings.redis_url, socket_timeout=None)
+    connection = redis_connection(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT)
     queue = queue_for(settings, connection)
     stop = StartupStop()
     signal.signal(signal.SIGTERM, stop)

@@ -1,4 +1,5 @@
-"""RQ jobs. Thin: decode the payload, call the domain, let RQ's retry policy handle failure."""
+"""RQ jobs. Thin: decode the payload, call the domain, let RQ's retry policy handle failure
+(except a PermanentFailure, which fails the job at once)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from rq import get_current_job
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import load_settings
-from service.domain.processing import handle_callback
+from service.domain.processing import PermanentFailure, handle_callback
 from service.domain.recordings import CallbackEvent
 from service.media.archive import Archiver
 from service.services import Services
+from workers import rq_adapter
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ def process_callback(payload: dict) -> str:
     archive = s.enqueue_archive if s.settings.media_storage_url else None
     try:
         return handle_callback(s.store, s.signalwire, event, on_completed=archive)
+    except PermanentFailure:
+        rq_adapter.give_up_retries()  # into the failed registry now, with this reason
+        raise
     except SQLAlchemyError as exc:
         _note_database_error(s, event.recording_sid, exc)
         raise

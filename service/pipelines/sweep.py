@@ -9,7 +9,9 @@ callbacks left unfinished or never told us about.
     fetches failed for good, or the API still lagged): fetch its metadata and store it.
     Errors are recorded on the recording (`attempts`, `last_error`). A 404 is recorded the
     same way and the recording is left unfinished: it is retried by the next sweeps and stays
-    visible to operators, never deleted or guessed terminal.
+    visible to operators, never deleted or guessed terminal. Except for an `absent` one:
+    SignalWire may never create its resource, so the 404 is its final answer (it keeps its
+    status and is not fetched again; see Store.note_attempt).
 (b) when `list_hours > 0`: list the account's recordings created in the last `list_hours`
     hours and store every one the store does not have, or has unfinished as in (a)
     (a `<Record>` verb whose callbacks were all dropped is found only this way).
@@ -154,9 +156,9 @@ def _note(report: SweepReport, message: str) -> None:
         report.errors.append(message)
 
 
-def _note_attempt(store, sid: str, error: str) -> None:
+def _note_attempt(store, sid: str, error: str, not_found: bool = False) -> None:
     try:
-        store.note_attempt(sid, error)
+        store.note_attempt(sid, error, not_found=not_found)
     except Exception as exc:  # the database may be the problem: best effort
         log.warning("could not record the error on %s: %s", sid, type(exc).__name__)
 
@@ -170,8 +172,7 @@ def _sweep_unfinished(store, client, report: SweepReport, keeper: _LockKeeper, o
         except SignalWireError as exc:
             if _is_rate_limit(exc):
                 raise _RateLimited(exc) from None
-            # 404 included: recorded and left unfinished for the next sweeps (see above).
-            _note_attempt(store, sid, f"sweep: {exc}")
+            _note_attempt(store, sid, f"sweep: {exc}", not_found=exc.status == 404)
             _note(report, f"{sid}: {exc}")
             continue
         try:

@@ -136,3 +136,8 @@ class InboxRow(Base):
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    # A row the drain could not handle: its tries, the last error, and when it was set aside
+    # (kept for an operator, skipped by the drain).
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    set_aside_at: Mapped[datetime | None]

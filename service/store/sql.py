@@ -123,12 +123,19 @@ def temporary_schema(server_url: str, prefix: str) -> Iterator[str]:
 
 
 class Store:
-    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, *, pool_size: int | None = None,
+                 max_overflow: int | None = None, **engine_kwargs: Any) -> None:
+        """`pool_size` connections are kept, up to `max_overflow` more opened in a burst (None:
+        SQLAlchemy's 5 and 10). An in-memory SQLite database has one connection per thread."""
         self.url = database_url(url)
         connect_args = engine_kwargs.setdefault("connect_args", {})
         backend = self.url.get_backend_name()
+        in_memory = backend == "sqlite" and self.url.database in (None, "", ":memory:")
+        if not in_memory:
+            pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+            engine_kwargs.update({k: v for k, v in pool.items() if v is not None})
         if backend == "sqlite":
-            if self.url.database and self.url.database != ":memory:":
+            if not in_memory:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
             # Pooled connections are handed between threads, one user at a time.
@@ -297,11 +304,18 @@ class Store:
             statements["record"] = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
         return statements
 
-    def note_attempt(self, sid: str, error: str | None) -> None:
+    def note_attempt(self, sid: str, error: str | None, *, not_found: bool = False) -> None:
+        """A failed fetch: counted, its error kept. `not_found` (the API answered 404) is final
+        for a recording whose status is `absent`: SignalWire received no audio and may never
+        create a resource, so last_fetched_at records that the API was asked and answered, and
+        the sweep leaves it (see unfinished()). Decided in SQL, on the stored status."""
+        now = _now()
+        values = {"attempts": R.c.attempts + 1, "last_error": error, "updated_at": now}
+        if not_found:
+            values["last_fetched_at"] = sa.case((R.c.status == "absent", sa.literal(now, UTCDateTime())),
+                                                else_=R.c.last_fetched_at)
         with self._write(pipelined=True) as conn:
-            conn.execute(
-                sa.update(R).where(R.c.sid == sid).values(attempts=R.c.attempts + 1, last_error=error, updated_at=_now())
-            )
+            conn.execute(sa.update(R).where(R.c.sid == sid).values(values))
 
     # --- reads -------------------------------------------------------------------------
 
@@ -445,12 +459,48 @@ class Store:
             result = conn.execute(sa.insert(INBOX).values(payload=payload, created_at=_now()))
             return int(result.inserted_primary_key[0])
 
-    def inbox_take(self, limit: int = 100) -> list[tuple[int, dict]]:
-        """Oldest first, without removing them: delete after handling. Two takers may get the
-        same items; handling is idempotent (record_event), so that only costs a repeat."""
+    def inbox_take(self, limit: int = 100, after_id: int | None = None) -> list[tuple[int, dict]]:
+        """Oldest first (after `after_id`, to page on), without removing them: delete after
+        handling. Rows set aside are skipped. Two takers may get the same items; handling is
+        idempotent (record_event), so that only costs a repeat."""
+        query = sa.select(INBOX.c.id, INBOX.c.payload).where(INBOX.c.set_aside_at.is_(None))
+        if after_id is not None:
+            query = query.where(INBOX.c.id > after_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(INBOX.c.id, INBOX.c.payload).order_by(INBOX.c.id).limit(limit))
+            rows = conn.execute(query.order_by(INBOX.c.id).limit(limit))
             return [(int(row_id), payload) for row_id, payload in rows]
+
+    def inbox_failed(self, row_id: int, error: str, set_aside_after: int) -> bool:
+        """A row that could not be handled: the try is counted and the error kept; at
+        `set_aside_after` tries the row is set aside (kept, no longer taken). True when this
+        try set it aside."""
+        now = sa.literal(_now(), UTCDateTime())
+        with self._write() as conn:
+            set_aside = conn.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id == row_id, INBOX.c.set_aside_at.is_(None))
+                .values(attempts=INBOX.c.attempts + 1, last_error=error,
+                        set_aside_at=sa.case((INBOX.c.attempts + 1 >= set_aside_after, now), else_=sa.null()))
+                .returning(INBOX.c.set_aside_at)
+            ).scalar()
+        return set_aside is not None
+
+    def inbox_set_aside(self) -> list[dict]:
+        """Rows set aside, oldest first: what an operator needs to see about each."""
+        query = (sa.select(INBOX.c.id, INBOX.c.created_at, INBOX.c.attempts, INBOX.c.last_error, INBOX.c.set_aside_at)
+                 .where(INBOX.c.set_aside_at.is_not(None)).order_by(INBOX.c.id))
+        with self.engine.connect() as conn:
+            return [_json_ready(row) for row in conn.execute(query).mappings()]
+
+    def inbox_release(self, ids: list[int] | None = None) -> list[int]:
+        """Rows set aside go back to the drain, with their tries reset (all of them when `ids`
+        is None). Returns the ids released."""
+        query = sa.update(INBOX).where(INBOX.c.set_aside_at.is_not(None))
+        if ids is not None:
+            query = query.where(INBOX.c.id.in_(list(ids)))
+        with self._write() as conn:
+            released = conn.execute(query.values(set_aside_at=None, attempts=0).returning(INBOX.c.id)).scalars()
+            return sorted(int(row_id) for row_id in released)
 
     def inbox_delete(self, ids: list[int]) -> None:
         if not ids:

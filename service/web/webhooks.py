@@ -10,6 +10,7 @@ import logging
 from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.pipelines.ingest import Unavailable
 from service.domain.recordings import CallbackEvent
@@ -19,6 +20,16 @@ from service.web.schemas import callback_schema
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+# Read in this order; SignalWire sends the first, Twilio-compatible senders the second.
+SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
+
+
+def _refused(status: int, reason: str, message: str, why: str, *args, **details) -> ApiError:
+    """The answer to a refused callback, logged once: SignalWire sees the status, the operator
+    the reason (a wrong PUBLIC_BASE_URL or signing key otherwise drops every callback unseen).
+    `reason` is a short fixed token for machines; no key, signature or parameter value is logged."""
+    log.warning("callback refused (%s): " + why, reason, *args, extra={"reason": reason})
+    return ApiError(status, message, **details)
 
 
 def _signed_url(settings) -> str:
@@ -46,10 +57,12 @@ def _signed_parameters(settings) -> MultiDict:
         params, signed_form = request.args, None
     elif request.is_json:
         if raw_body is None and not unsigned_ok:
-            raise ApiError(403, "invalid signature: a JSON body is signed only through bodySHA256 in the URL")
+            raise _refused(403, "body_unsigned", "invalid signature: a JSON body is signed only through bodySHA256 "
+                           "in the URL", "a JSON body without bodySHA256 in the URL, which no signature covers")
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise ApiError(400, "callback body must be a form or a JSON object")
+            raise _refused(400, "invalid_parameters", "callback body must be a form or a JSON object",
+                           "a JSON body that is not an object")
         params = MultiDict({str(k): "" if v is None else str(v) for k, v in body.items()})
         signed_form = None
     else:
@@ -57,11 +70,18 @@ def _signed_parameters(settings) -> MultiDict:
         signed_form = None if raw_body is not None else list(params.items(multi=True))
     if unsigned_ok:
         return params
-    signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
-    if not signature:
-        raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
-    if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(settings), signed_form, raw_body):
-        raise ApiError(403, "invalid signature")
+    header = next((h for h in SIGNATURE_HEADERS if request.headers.get(h)), None)
+    # Logged without its query string, which carries the signed parameters.
+    checked = f"{request.method} {settings.public_base_url}{request.path}"
+    if header is None:
+        raise _refused(403, "signature_missing", "missing signature: X-SignalWire-Signature header is required",
+                       "%s: no %s header", checked, " or ".join(SIGNATURE_HEADERS))
+    keys = settings.signalwire_signing_keys
+    if not verify_signature(keys, request.headers[header], _signed_url(settings), signed_form, raw_body):
+        raise _refused(403, "signature_mismatch", "invalid signature",
+                       "%s%s: its %s header matches none of the %d configured signing key(s); check "
+                       "PUBLIC_BASE_URL and SIGNALWIRE_SIGNING_KEY", checked,
+                       " (body signed through bodySHA256)" if raw_body is not None else "", header, len(keys))
     return params
 
 
@@ -70,14 +90,23 @@ def recording_status():
     settings = current_app.config["SETTINGS"]
     # Bound the body before anything reads it (werkzeug answers 413 past this).
     request.max_content_length = settings.max_callback_bytes
-    # SignalWire sends each parameter once; of a repeated one the first counts.
-    params = _signed_parameters(settings).to_dict()
+    try:
+        # SignalWire sends each parameter once; of a repeated one the first counts.
+        params = _signed_parameters(settings).to_dict()
+    except RequestEntityTooLarge:
+        limit = settings.max_callback_bytes
+        raise _refused(413, "body_too_large", f"callback body over {limit} bytes",
+                       "a body over the limit of %d bytes (Content-Length: %s)", limit, request.content_length) from None
     try:
         data = callback_schema.load(params)
     except ValidationError as exc:
-        raise ApiError(400, "invalid callback parameters", fields=exc.messages)
+        # Names only, shortened and quoted: they come from the sender, their values may be anything.
+        names = sorted(str(name)[:64] for name in exc.messages)
+        raise _refused(400, "invalid_parameters", "invalid callback parameters", "invalid parameters %r", names,
+                       fields=exc.messages)
     if data["AccountSid"] != settings.signalwire_project_id:
-        raise ApiError(403, "AccountSid does not match this service's project")
+        raise _refused(403, "account_mismatch", "AccountSid does not match this service's project",
+                       "the AccountSid is not SIGNALWIRE_PROJECT_ID")
 
     event = CallbackEvent(
         recording_sid=data["RecordingSid"],
