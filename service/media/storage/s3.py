@@ -23,6 +23,7 @@ import base64
 import hashlib
 import io
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 from service.media.storage.base import ObjectInfo, Source, Storage, StorageError, VerificationError
@@ -101,25 +102,27 @@ class S3Storage(Storage):
         self._multipart(key, source, buf, more, content_type)
 
     def _multipart(self, key: str, source: Source, buf: bytearray, carry: bytes, content_type: str) -> None:
-        """Part by part through one buffer; `buf` holds the first part, `carry` the byte after it."""
+        """Part by part through two buffers (the next part is read while one is uploaded); `buf`
+        holds the first part, `carry` the byte after it."""
         try:
             upload_id = self.client.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ContentType=content_type, ChecksumAlgorithm="SHA256")["UploadId"]
         except self._errors as exc:
             raise self._fail("starting a multipart upload of", key, exc) from None
         parts = []
+        spare = bytearray(self.part_size)
         try:
-            while buf:
-                checksum = base64.b64encode(hashlib.sha256(buf).digest()).decode()
-                number = len(parts) + 1
-                answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                                                 Body=buf, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
-                parts.append({"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum})
-                buf[:len(carry)] = carry
-                n = _fill(source, buf, len(carry))
-                carry = b""
-                if n < len(buf):  # the last part (or none)
-                    del buf[n:]
+            with ThreadPoolExecutor(1, thread_name_prefix="s3-part") as uploader:
+                while buf:
+                    sending = uploader.submit(self._upload_part, key, upload_id, len(parts) + 1, buf)
+                    # Two buffers in turn: the download fills one while the other is uploaded.
+                    buf, spare = spare, buf
+                    buf[:len(carry)] = carry
+                    n = _fill(source, buf, len(carry))
+                    carry = b""
+                    if n < len(buf):  # the last part (or none)
+                        del buf[n:]
+                    parts.append(sending.result())  # before its buffer is filled again
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                   MultipartUpload={"Parts": parts})
         except BaseException as exc:
@@ -140,6 +143,12 @@ class S3Storage(Storage):
             raise self._fail("setting the metadata of", key, exc) from None
 
     # --- reads -------------------------------------------------------------------------
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> dict:
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        answer = self.client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                                         Body=body, ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+        return {"PartNumber": number, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
