@@ -44,6 +44,8 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         env["REDIS_URL"] = resources.enter_context(EmbeddedRedis()).url
         print(f"* Redis: embedded server at {env['REDIS_URL']}")
     env.setdefault("DATABASE_URL", default_database_url())
+    # Each completed recording's audio is archived under instance/ (a folder, verified by reading back).
+    env.setdefault("MEDIA_STORAGE_URL", f"file://{(INSTANCE_DIR / 'media').resolve()}")
     if not (env.get("SIGNALWIRE_PROJECT_ID") and env.get("SIGNALWIRE_API_TOKEN")):
         from devstack import sandbox as sb
 
@@ -60,6 +62,7 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
     # Notification endpoints on this machine (http://127.0.0.1:...) are what a local run has.
     env.setdefault("NOTIFY_ALLOW_PRIVATE", "true")
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
+    print(f"* Media archive: {env['MEDIA_STORAGE_URL']}")
     return env
 
 

@@ -58,11 +58,12 @@ def register_blueprints(app: Flask) -> None:
 
 def register_api(app: Flask):
     """The API's routes and the webhook, each in the OpenAPI document (service/web/openapi.py)."""
-    from service.web import api as recordings, endpoints, webhooks
+    from service.web import api as recordings, endpoints, media, webhooks
     from service.web.openapi import create_api
 
     api = create_api(app)
     api.register_blueprint(recordings.blp)
+    api.register_blueprint(media.blp)
     api.register_blueprint(endpoints.blp)
     api.register_blueprint(webhooks.bp)
     return api

@@ -92,6 +92,7 @@ def sweep_command(list_hours: int | None, older_than: int | None) -> None:
             services.redis,
             older_than_seconds=settings.sweep_after if older_than is None else older_than,
             list_hours=settings.sweep_list_hours if list_hours is None else list_hours,
+            archive=services.enqueue_archive if settings.media_storage_url else None,
         )
     finally:
         services.close()
@@ -123,6 +124,8 @@ def _describe(job) -> dict:
             event = CallbackEvent.from_payload(payload)
             sid, status = event.recording_sid, event.status
     except Exception:
+        pass
+    if sid == "?":  # an archive job ("recording <sid> media"), or a payload this release cannot read
         parts = (job.description or "").split()
         if len(parts) >= 3 and parts[0] == "recording":
             sid, status = parts[1], parts[2]

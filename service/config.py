@@ -83,6 +83,15 @@ class Settings:
     notify_timeout: int = 15
     notify_concurrency: int = 8
     notify_poll_interval: int = 1
+    # The media archive (service.media): where copies go (None: no archiving), which format is
+    # downloaded, whether the recording is deleted at SignalWire once its copy is verified, and
+    # how a copy in S3 is verified. The storage's own secrets are read here only to keep them
+    # out of logs (boto3 reads its variables itself).
+    media_storage_url: str | None = None
+    media_format: str = "wav"
+    media_delete_after_archive: bool = False
+    media_verify: str = "checksum"
+    storage_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def callback_url(self) -> str:
@@ -96,7 +105,7 @@ class Settings:
         url_passwords = [form for p in passwords if p for form in (p, unquote(p))]
         return tuple(
             s for s in (self.signalwire_api_token, *self.service_api_tokens, *self.signalwire_signing_keys,
-                        *url_passwords) if s
+                        *url_passwords, *self.storage_secrets) if s
         )
 
     def __repr__(self) -> str:
@@ -267,6 +276,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
 
+    media = _media_settings(env, problems)
+
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -282,4 +293,45 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         queue_name=queue_name,
         log_level=log_level,
         **settings,
+        **media,
     )
+
+
+def _media_settings(env: Mapping[str, str], problems: list[str]) -> dict:
+    from service.media.storage import VERIFY_MODES, parse_location
+
+    url = (env.get("MEDIA_STORAGE_URL") or "").strip() or None
+    if url is not None:
+        try:
+            parse_location(url)
+        except ValueError as exc:
+            problems.append(f"MEDIA_STORAGE_URL {exc}")
+        else:
+            if url.startswith("s3:"):
+                _s3_settings(env, problems)
+    fmt = (env.get("MEDIA_FORMAT") or "wav").strip().lower()
+    if fmt not in ("wav", "mp3"):
+        problems.append(f"MEDIA_FORMAT must be wav or mp3 (got {fmt!r})")
+    verify = (env.get("MEDIA_VERIFY") or "checksum").strip().lower()
+    if verify not in VERIFY_MODES:
+        problems.append(f"MEDIA_VERIFY must be {' or '.join(VERIFY_MODES)} (got {verify!r})")
+    delete = _flag(env, "MEDIA_DELETE_AFTER_ARCHIVE", problems)
+    if delete and url is None:
+        problems.append("MEDIA_DELETE_AFTER_ARCHIVE needs MEDIA_STORAGE_URL: nothing would be archived first")
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    return dict(media_storage_url=url, media_format=fmt, media_delete_after_archive=delete, media_verify=verify,
+                storage_secrets=(secret,) if secret else ())
+
+
+# boto3 reads its own variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_REGION); for an s3:// storage they are checked here, so a typo stops the start.
+def _s3_settings(env: Mapping[str, str], problems: list[str]) -> None:
+    endpoint = (env.get("AWS_ENDPOINT_URL") or "").strip()
+    if endpoint and not _url_ok(endpoint, ("http", "https")):
+        problems.append("AWS_ENDPOINT_URL must be an http(s) URL, such as https://<account>.r2.cloudflarestorage.com")
+    if bool(env.get("AWS_ACCESS_KEY_ID")) != bool(env.get("AWS_SECRET_ACCESS_KEY")):
+        problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set together, or neither "
+                        "(boto3 then looks for credentials elsewhere)")
+    region = (env.get("AWS_REGION") or "").strip()
+    if region and not region.replace("-", "").isalnum():
+        problems.append(f"AWS_REGION must be a region name such as us-east-1 (got {region!r})")

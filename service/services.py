@@ -14,6 +14,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
+from service.media.storage import Storage, open_storage
 from service.signalwire.client import SignalWireClient, space_base_url
 from service.store.idempotency import IdempotencyKeys
 from service.store.sql import Store
@@ -70,8 +71,19 @@ class Services:
             self.settings.signalwire_api_token,
         )
 
+    @functools.cached_property
+    def storage(self) -> Storage | None:
+        """The media archive's storage; None when archiving is off (no MEDIA_STORAGE_URL)."""
+        url = self.settings.media_storage_url
+        return open_storage(url, self.settings.media_verify) if url else None
+
+    def enqueue_archive(self, sid: str) -> bool:
+        from service.media.pipeline import enqueue_archive
+
+        return enqueue_archive(self.queue, self.store, sid)
+
     def close(self) -> None:
-        for name in ("redis", "store", "signalwire"):
+        for name in ("redis", "store", "signalwire", "storage"):
             obj = self.__dict__.pop(name, None)
             if obj is None:
                 continue

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.app",
     "tests.fixtures.webhook_receiver",
+    "tests.fixtures.s3",
 ]

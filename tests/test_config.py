@@ -140,3 +140,47 @@ def test_web_settings_are_checked_alone_as_the_full_check_does():
         load_settings(dict(GOOD, **bad))
     assert alone.value.problems == full.value.problems == [
         "WEB_CONCURRENCY must be a whole number (got 'abc')", "GUNICORN_THREADS must be at least 1 (got 0)"]
+
+
+def test_media_archive_is_off_unless_a_storage_url_is_set():
+    settings = load_settings(GOOD)
+    assert settings.media_storage_url is None and not settings.media_delete_after_archive
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://team-recordings/calls/", MEDIA_FORMAT="MP3",
+                                  MEDIA_DELETE_AFTER_ARCHIVE="true", MEDIA_VERIFY="read"))
+    assert settings.media_storage_url == "s3://team-recordings/calls/"
+    assert (settings.media_format, settings.media_delete_after_archive, settings.media_verify) == ("mp3", True, "read")
+    assert load_settings(dict(GOOD, MEDIA_STORAGE_URL="file:///srv/media")).media_verify == "checksum"
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"MEDIA_STORAGE_URL": "s3://A_Bad_Bucket/x"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file://relative/path"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "gs://bucket"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "s3://bucket/x?versioning=1"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_FORMAT": "ogg"}, "MEDIA_FORMAT"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_VERIFY": "trust"}, "MEDIA_VERIFY"),
+    ({"MEDIA_DELETE_AFTER_ARCHIVE": "true"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_DELETE_AFTER_ARCHIVE": "maybe"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+])
+def test_bad_media_settings_are_named(env, named):
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, **env))
+    assert len(info.value.problems) == 1 and named in info.value.problems[0]
+
+
+def test_storage_secret_is_redacted_but_never_shown():
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://bucket-name", AWS_ACCESS_KEY_ID="id",
+                                  AWS_SECRET_ACCESS_KEY="aws-secret-value"))
+    assert "aws-secret-value" in settings.secrets
+    assert "aws-secret-value" not in repr(settings)
+
+
+def test_s3_variables_are_checked_for_an_s3_storage_only():
+    s3 = dict(GOOD, MEDIA_STORAGE_URL="s3://team-audio")
+    load_settings(dict(s3, AWS_ENDPOINT_URL="https://acct.r2.cloudflarestorage.com", AWS_REGION="auto",
+                       AWS_ACCESS_KEY_ID="id", AWS_SECRET_ACCESS_KEY="secret"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(s3, AWS_ENDPOINT_URL="minio:9000", AWS_ACCESS_KEY_ID="id", AWS_REGION="us east"))
+    assert [p.split()[0] for p in info.value.problems] == ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"]
+    load_settings(dict(GOOD, MEDIA_STORAGE_URL="file:///srv/media", AWS_ENDPOINT_URL="minio:9000"))

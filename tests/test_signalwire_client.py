@@ -149,13 +149,27 @@ def test_next_page_on_another_host_is_refused(sw_client):
 
 def test_media_url_serves_wav(sandbox, sw_client):
     rec = sw_client.create_recording("call-g", status_callback="http://127.0.0.1:9/cb")
+    sandbox.end_call(rec.call_sid)  # media exists once the recording is completed
     url = sw_client.media_url(rec.sid)
     assert url.endswith(f"/Recordings/{rec.sid}.wav")
     response = requests.get(url, timeout=5)
     assert response.status_code == 200 and response.content.startswith(b"RIFF")
+    stream = sw_client.open_media(rec.sid)
+    assert stream.read() == response.content and stream.headers["Content-Type"] == "audio/x-wav"
+    stream.release_conn()
     assert sw_client.media_url(rec.sid, "mp3").endswith(".mp3")
     with pytest.raises(ValueError):
         sw_client.media_url(rec.sid, "ogg")
+
+
+def test_open_media_raises_signalwire_errors_and_retries_5xx(sandbox, sw_client):
+    rec = sw_client.create_recording("call-h", status_callback="http://127.0.0.1:9/cb")
+    with pytest.raises(SignalWireError) as info:  # still recording: no media yet
+        sw_client.open_media(rec.sid)
+    assert info.value.status == 404
+    sandbox.end_call(rec.call_sid)
+    sandbox.fail_next(503)
+    assert sw_client.open_media(rec.sid).read().startswith(b"RIFF")  # the 503 was retried
 
 
 # --- error shapes -------------------------------------------------------------------------

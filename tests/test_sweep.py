@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import dataclasses
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
@@ -160,8 +161,8 @@ def test_a_short_retry_after_is_waited_out(store, sandbox, sw_client, redis_conn
     assert store.get(recording.sid)["status"] == "completed"
 
 
-def test_a_rate_limit_pushes_back_the_next_sweep_slot(store, sandbox, sw_client, redis_conn):
-    settings = SimpleNamespace(sweep_interval=60, sweep_after=600, sweep_list_hours=0)
+def test_a_rate_limit_pushes_back_the_next_sweep_slot(settings, store, sandbox, sw_client, redis_conn):
+    settings = dataclasses.replace(settings, sweep_interval=60, sweep_after=600, sweep_list_hours=0)
     services = SimpleNamespace(redis=redis_conn, store=store, signalwire=sw_client)
     keeper = Housekeeping(settings, "worker-a", services)
     seen_in_progress(store, completed_recording(sandbox, sw_client))

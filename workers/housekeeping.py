@@ -103,7 +103,8 @@ class Housekeeping:
         if not s.redis.set(SWEEP_SLOT_KEY, self.worker_name, nx=True, ex=interval):
             return None
         report = sweep(s.store, s.signalwire, s.redis, older_than_seconds=self.settings.sweep_after,
-                       list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval))
+                       list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval),
+                       archive=s.enqueue_archive if self.settings.media_storage_url else None)
         if report.rate_limited and report.retry_after:
             # The next sweep waits as long as SignalWire asked, even past the next slot.
             wait = math.ceil(report.retry_after)

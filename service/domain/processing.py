@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from service.domain.recordings import CallbackEvent, needs_metadata
 from service.signalwire.client import SignalWireClient, SignalWireError
@@ -34,7 +35,10 @@ class PermanentFailure(Exception):
     """A failure that retrying cannot fix: the job fails at once, with this reason."""
 
 
-def handle_callback(store, client: SignalWireClient, event: CallbackEvent, now: datetime | None = None) -> str:
+def handle_callback(store, client: SignalWireClient, event: CallbackEvent, now: datetime | None = None,
+                    on_completed: Callable[[str], object] | None = None) -> str:
+    """`on_completed(sid)` runs once the recording is stored as completed (the media archive
+    queues its job there); if it raises, the callback's job is retried, and repeats are harmless."""
     if not needs_metadata(event.status):
         store.record_event(event)
         return "recorded"
@@ -54,6 +58,8 @@ def handle_callback(store, client: SignalWireClient, event: CallbackEvent, now: 
         store.note_attempt(event.recording_sid, str(exc))
         raise
     store.record_event(event, metadata=recording)  # one transaction for both
+    if on_completed is not None and recording.status == "completed":
+        on_completed(recording.sid)
     return recording.status or "stored"
 
 

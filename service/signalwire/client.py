@@ -30,6 +30,7 @@ from requests.utils import select_proxy
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from service.domain.recordings import Recording, parse_int
+from service.media.verified import VerifiedCopy
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ API_PREFIX = "/api/laml/2010-04-01"
 DEFAULT_EVENTS = ("in-progress", "completed", "absent")
 _ALWAYS_RETRYABLE = frozenset({429, 503})
 _GET_RETRYABLE = frozenset({500, 502, 504})
+# Sent again after a 5xx or a broken connection: repeating them changes nothing.
+_IDEMPOTENT = frozenset({"GET", "DELETE"})
+# Media downloads follow a redirect (to a file host, say); urllib3 drops the Authorization
+# header when the host changes. Nothing else is retried here: _request's loop does that.
+_MEDIA_REDIRECTS = urllib3.Retry(total=3, connect=0, read=0, status=0, other=0, redirect=3)
 
 
 def space_base_url(space: str) -> str:
@@ -85,7 +91,7 @@ class SignalWireError(Exception):
             return True
         if self.status is None and not self.sent:
             return True
-        if self.method == "GET":
+        if self.method in _IDEMPOTENT:
             return self.status is None or self.status in _GET_RETRYABLE
         return False
 
@@ -278,6 +284,30 @@ class SignalWireClient:
             raise ValueError(f"unsupported media format {fmt!r}")
         return f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.{fmt}"
 
+    def open_media(self, sid: str, fmt: str = "wav") -> urllib3.BaseHTTPResponse:
+        """The recording's audio as an open stream (read it, then `release_conn()`), from the
+        configured space by sid, never from a URL a callback carried. Sent with the API
+        credentials, so it works whether or not the account requires auth on media. Errors as
+        for any GET (SignalWireError; 429, 5xx and broken connections retried); urllib3 fails a
+        read that ends before Content-Length."""
+        url = self.media_url(sid, fmt)
+        return self._request("GET", url, send=self._open_stream)
+
+    def delete_recording(self, copy: VerifiedCopy) -> bool:
+        """Delete the recording (media and all) at SignalWire. It takes the proof that a verified
+        copy exists, and nothing else: there is no way to call it for a bare sid. True when
+        deleted (204), False when it was already gone (404)."""
+        if not isinstance(copy, VerifiedCopy):
+            raise TypeError("delete_recording() needs the recording's VerifiedCopy")
+        url = f"{self.base_url}{self._account_path}/Recordings/{quote(copy.sid, safe='')}.json"
+        try:
+            self._request("DELETE", url)
+        except SignalWireError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     # --- plumbing ------------------------------------------------------------------------
 
     def _next_page(self, next_uri: Any) -> str | None:
@@ -296,16 +326,18 @@ class SignalWireClient:
         except ValueError as exc:
             raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
 
-    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None,
-                 budget: float | None = None) -> dict:
+    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *,
+                 budget: float | None = None, send=None) -> Any:
         """`fields`: the query of a GET, the urlencoded form of a POST. `budget`: seconds for
         every attempt and wait together; past it, a timeout error (no attempt is started that
-        could not finish in time, no wait that would end past it)."""
+        could not finish in time, no wait that would end past it). `send`: one attempt
+        (default `_once`, a JSON call)."""
         deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
+        send = send or self._once
         while True:
             try:
-                return self._once(method, url, fields, deadline)
+                return send(method, url, fields, deadline)
             except SignalWireError as err:
                 if not err.retryable or attempt >= self.max_retries:
                     raise
@@ -324,17 +356,36 @@ class SignalWireClient:
     def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, deadline: float | None = None) -> dict:
         # A GET's fields go into the query, a POST's into a urlencoded form, as SignalWire expects.
         form = {"encode_multipart": False} if method == "POST" else {}
-        timeout = self._timeout
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise SignalWireError(f"no answer within the time allowed on {method} {urlsplit(url).path}",
-                                      timeout=True, method=method, final=True)
-            timeout = urllib3.Timeout(connect=min(self._timeout.connect_timeout, left),
-                                      read=min(self._timeout.read_timeout, left), total=left)
+        response = self._send(method, url, fields=fields, headers=self._headers,
+                              timeout=self._timeout_until(deadline, method, url), retries=False, redirect=False,
+                              **form)
+        if response.status == 204 and method == "DELETE":
+            return {}
+        body = _json(response)
+        if not isinstance(body, dict):
+            raise SignalWireError("response body is not a JSON object", status=response.status, final=True)
+        return body
+
+    def _open_stream(self, method: str, url: str, fields: None,
+                     deadline: float | None = None) -> urllib3.BaseHTTPResponse:
+        return self._send(method, url, headers={**self._headers, "Accept": "*/*"},
+                          timeout=self._timeout_until(deadline, method, url), retries=_MEDIA_REDIRECTS,
+                          preload_content=False)
+
+    def _timeout_until(self, deadline: float | None, method: str, url: str) -> urllib3.Timeout:
+        if deadline is None:
+            return self._timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SignalWireError(f"no answer within the time allowed on {method} {urlsplit(url).path}",
+                                  timeout=True, method=method, final=True)
+        return urllib3.Timeout(connect=min(self._timeout.connect_timeout, left),
+                               read=min(self._timeout.read_timeout, left), total=left)
+
+    def _send(self, method: str, url: str, **options: Any) -> urllib3.BaseHTTPResponse:
+        """One request; a transport error or a non-2xx answer raises SignalWireError."""
         try:
-            response = self._http.request(method, url, fields=fields, headers=self._headers, timeout=timeout,
-                                          retries=False, redirect=False, **form)
+            response = self._http.request(method, url, **options)
         except HTTPError as exc:
             raise SignalWireError(
                 self._scrub(f"{type(exc).__name__} on {method} {urlsplit(url).path}"),
@@ -345,6 +396,9 @@ class SignalWireClient:
             ) from None
         log.debug("signalwire %s %s -> %d", method, urlsplit(url).path, response.status)
         if not 200 <= response.status < 300:
+            if not options.get("preload_content", True):
+                response.data  # noqa: B018 - read (and keep) the error's body, then free the connection
+                response.release_conn()
             code, message, more_info = _parse_error_body(response)
             raise SignalWireError(
                 self._scrub(message or response.reason or "HTTP error"),
@@ -354,10 +408,7 @@ class SignalWireClient:
                 retry_after=_retry_after(response),
                 method=method,
             )
-        body = _json(response)
-        if not isinstance(body, dict):
-            raise SignalWireError("response body is not a JSON object", status=response.status, final=True)
-        return body
+        return response
 
     def _scrub(self, text: str) -> str:
         """Belt and braces: never let the token out through a message echoed by a server."""

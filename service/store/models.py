@@ -19,6 +19,9 @@ TERMINAL_RANK = 3
 # What the reconciliation sweep still has to fetch (Store.unfinished), as its partial index
 # ix_recordings_unfinished is defined: not terminal, or no metadata fetched for its status.
 UNFINISHED = sa.text(f"(status_rank < {TERMINAL_RANK} OR last_fetched_at IS NULL)")
+# Completed recordings whose media has no archived copy: what the sweep queues for archiving
+# (Store.unarchived), as its partial index ix_recordings_media_unarchived is defined.
+MEDIA_UNARCHIVED = sa.text("(status = 'completed' AND (media_status IS NULL OR media_status <> 'archived'))")
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -91,6 +94,16 @@ class RecordingRow(Base):
     updated_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # The media archive (service.media): NULL status until the recording is queued for it.
+    media_status: Mapped[str | None] = mapped_column(sa.String(16))  # pending, archived, failed
+    media_key: Mapped[str | None] = mapped_column(sa.Text)
+    media_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    media_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    media_content_type: Mapped[str | None] = mapped_column(sa.String(64))
+    media_archived_at: Mapped[datetime | None]
+    media_source_deleted_at: Mapped[datetime | None]
+    media_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    media_error: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
         sa.Index("ix_recordings_created", "created_at", "sid"),
@@ -98,6 +111,9 @@ class RecordingRow(Base):
         sa.Index("ix_recordings_status_created", "status", "created_at", "sid"),
         # Small index for the reconciliation sweep: only unfinished rows are in it.
         sa.Index("ix_recordings_unfinished", "first_seen_at", postgresql_where=UNFINISHED, sqlite_where=UNFINISHED),
+        sa.Index("ix_recordings_media_unarchived", "media_attempts", "first_seen_at",
+                 postgresql_where=MEDIA_UNARCHIVED, sqlite_where=MEDIA_UNARCHIVED),
+        sa.Index("ix_recordings_media_status_created", "media_status", "created_at", "sid"),
     )
 
 

@@ -23,10 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from service.store.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
+from service.store.models import (MEDIA_UNARCHIVED, TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow,
+                                  RecordingRow, UTCDateTime)
 from service.domain.recordings import CallbackEvent, Recording, format_time, status_rank
 from service.notify.events import STARTED, terminal_event
 from service.store import notifications
+from service.media.verified import VerifiedCopy
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -39,8 +41,10 @@ INBOX = InboxRow.__table__
 
 # Recording fields that map 1:1 onto columns (everything but the primary key).
 METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(Recording) if f.name != "sid")
-# What get()/list() return: every column but the internal status_rank.
+# What get()/list() return: every column but the internal status_rank, with the media_*
+# columns under "media" (see _public).
 PUBLIC_COLUMNS = tuple(c for c in R.c if c.name != "status_rank")
+MEDIA_COLUMNS = {c.name: c.name.removeprefix("media_") for c in R.c if c.name.startswith("media_")}
 # Fields a callback carries that also describe the recording.
 EVENT_FIELDS = ("account_sid", "call_sid", "conference_sid", "channels", "duration", "source", "track", "start_time")
 # What the recordings columns can hold, for _fit().
@@ -351,7 +355,7 @@ class Store:
                 .where(E.c.recording_sid == sid)
                 .order_by(E.c.received_at, E.c.id)
             ).mappings()
-            out = _json_ready(row)
+            out = _public(row)
             out["events"] = [_json_ready(event) for event in events]
         return out
 
@@ -364,6 +368,7 @@ class Store:
         created_before: datetime | None = None,
         cursor: str | None = None,
         limit: int = 100,
+        media_status: str | None = None,
     ) -> tuple[list[dict], str | None]:
         """Newest first; created_after is inclusive, created_before exclusive.
 
@@ -377,12 +382,14 @@ class Store:
             query = query.where(R.c.call_sid == call_sid)
         if status is not None:
             query = query.where(R.c.status == status)
+        if media_status is not None:
+            query = query.where(R.c.media_status == media_status)
         if created_after is not None:
             query = query.where(R.c.created_at >= created_after)
         if created_before is not None:
             query = query.where(R.c.created_at < created_before)
         page, next_cursor = keyset_page(self.engine, query, R.c.created_at, R.c.sid, cursor, limit)
-        return [_json_ready(row) for row in page], next_cursor
+        return [_public(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
         """Recordings for the reconciliation sweep, first seen before `older_than`: those whose
@@ -403,6 +410,63 @@ class Store:
         )
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
+
+    # --- the media archive (service.media) ------------------------------------------------
+
+    def archive_state(self, sid: str) -> dict | None:
+        """What archiving one recording needs to know about it (None: no such recording)."""
+        columns = (R.c.sid, R.c.status, R.c.account_sid, R.c.date_created, R.c.created_at, R.c.end_time,
+                   R.c.date_updated, R.c.duration, *(R.c[name] for name in MEDIA_COLUMNS))
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*columns).where(R.c.sid == sid)).mappings().first()
+        return None if row is None else dict(row)
+
+    def media_queued(self, sid: str) -> None:
+        """Queued for archiving: `pending`, unless a verified copy already exists."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_status="pending")
+
+    def media_failed(self, sid: str, error: str, *, final: bool) -> None:
+        """One attempt failed: counted, with its error; `failed` once no retry is left."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_error=error[:2000],
+                           media_status="failed" if final else "pending", media_attempts=R.c.media_attempts + 1)
+
+    def media_archived(self, sid: str, *, key: str, size: int, sha256: str, content_type: str) -> None:
+        """The copy was read back and matched the download: the recording is archived. The first
+        verification stands: a second run of the job (a worker presumed dead) changes nothing."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_status="archived", media_key=key, media_bytes=size,
+                           media_sha256=sha256, media_content_type=content_type[:64], media_archived_at=_now(),
+                           media_error=None)
+
+    def media_source_deleted(self, sid: str) -> None:
+        self._media_update(sid, R.c.media_status == "archived", media_source_deleted_at=_now())
+
+    def verified_copy(self, sid: str) -> VerifiedCopy | None:
+        """The proof a deletion at SignalWire needs, read fresh: the recording's verified copy."""
+        query = sa.select(R.c.media_key, R.c.media_bytes, R.c.media_sha256, R.c.media_content_type,
+                          R.c.media_archived_at).where(R.c.sid == sid, R.c.media_status == "archived")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or not (row.media_key and row.media_sha256 and row.media_bytes is not None):
+            return None
+        return VerifiedCopy(sid, row.media_key, row.media_bytes, row.media_sha256, row.media_content_type or "",
+                            row.media_archived_at)
+
+    def unarchived(self, *, older_than: datetime, limit: int = 100) -> list[str]:
+        """Completed recordings, first seen before `older_than`, whose media has no archived copy
+        (never queued, queued and lost, or failed): the least tried first. Served by the partial
+        index ix_recordings_media_unarchived, which holds only those rows."""
+        query = (
+            sa.select(R.c.sid)
+            .where(MEDIA_UNARCHIVED, R.c.first_seen_at < older_than)
+            .order_by(R.c.media_attempts, R.c.first_seen_at, R.c.sid)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def _media_update(self, sid: str, condition, **values: Any) -> None:
+        with self._write() as conn:
+            conn.execute(sa.update(R).where(R.c.sid == sid, condition).values(**values, updated_at=_now()))
 
     # --- inbox: callbacks parked here while Redis is down --------------------------------
 
@@ -482,6 +546,15 @@ def keyset_page(engine: sa.Engine, query: sa.Select, created: sa.Column, key: sa
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1][created.name], page[-1][key.name]) if len(rows) > limit else None
     return page, next_cursor
+
+
+def _public(row: Any) -> dict:
+    """A recording as get() and list() show it: the media_* columns under "media" (None until
+    the recording is queued for archiving)."""
+    out = _json_ready(row)
+    media = {name: out.pop(column) for column, name in MEDIA_COLUMNS.items()}
+    out["media"] = media if media["status"] is not None else None
+    return out
 
 
 def encode_cursor(created_at: datetime, sid: str) -> str:

@@ -11,6 +11,7 @@ from datetime import timezone
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from service.domain.recordings import CALLBACK_EVENTS, parse_int, parse_text, parse_time
+from service.media import MEDIA_STATUSES
 from service.web.openapi import ResponseSchema
 
 # \Z, not $: "$" would also accept a trailing newline.
@@ -84,6 +85,8 @@ class CursorPageSchema(ResponseSchema):
 class ListRecordingsSchema(CursorQuerySchema):
     call_sid = fields.String(validate=SID, **_doc("Only this call's recordings."))
     status = fields.String(validate=STATUS, **_doc("Only recordings with this status."))
+    media_status = fields.String(validate=validate.OneOf(MEDIA_STATUSES),
+                                 **_doc("Only recordings whose audio archive is in this state."))
     created_after = UtcDateTime(**_doc("Created at or after this time (ISO 8601 with its offset)."))
     created_before = UtcDateTime(**_doc("Created before this time (ISO 8601 with its offset)."))
 
@@ -147,6 +150,22 @@ class StartedRecordingSchema(RecordingSchema):
     requested = fields.Nested(StartRecordingSchema, required=True, **_doc("What was asked for, defaults applied."))
 
 
+class RecordingMediaSchema(ResponseSchema):
+    """The recording's audio in the media archive (null until it is queued for archiving)."""
+
+    status = fields.String(required=True, validate=validate.OneOf(MEDIA_STATUSES),
+                           **_doc("pending (queued or being retried), archived (a verified copy exists) or failed "
+                                  "(no retry left; the sweep queues it again later)."))
+    key = _text("The copy's key in storage.")
+    bytes = _int("The copy's size.")
+    sha256 = _text("SHA-256 of the audio (hex), checked on the copy.")
+    content_type = _text("audio/x-wav or audio/mpeg.")
+    archived_at = _time("When the copy was verified.")
+    source_deleted_at = _time("When the recording was deleted at SignalWire (after archiving).")
+    attempts = fields.Integer(required=True, **_doc("Archive attempts that failed."))
+    error = _text("The last failed attempt's error.")
+
+
 class StoredRecordingSchema(RecordingSchema):
     requested = fields.Nested(StartRecordingSchema, required=True, allow_none=True,
                               **_doc("What this service asked for, if it started the recording."))
@@ -157,6 +176,8 @@ class StoredRecordingSchema(RecordingSchema):
     updated_at = _time("When this service last changed it.")
     attempts = fields.Integer(required=True, **_doc("Metadata fetches that failed."))
     last_error = _text("The last fetch's error, if it failed.")
+    media = fields.Nested(RecordingMediaSchema, required=True, allow_none=True,
+                          **_doc("The audio's archived copy (null: archiving is off, or not queued yet)."))
 
 
 class RecordingEventSchema(ResponseSchema):
