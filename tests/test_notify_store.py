@@ -127,6 +127,19 @@ def test_enqueue_event_for_the_media_archive_carries_the_media_in_the_callers_tr
     assert len(deliveries(store)) == 1
 
 
+def test_an_archived_recording_notifies_once_with_its_media(store):
+    ep = endpoint(store, [ARCHIVED])
+    store.save_metadata(full_recording("rec-1"))
+    store.media_queued("rec-1")
+    assert deliveries(store) == []
+    for _ in range(2):  # a second verification (a job run twice) changes nothing
+        store.media_archived("rec-1", key="k/rec-1.wav", size=123456, sha256="ab" * 32, content_type="audio/x-wav")
+    rows = deliveries(store)
+    assert [(r["endpoint_id"], r["event_type"]) for r in rows] == [(ep, ARCHIVED)]
+    assert rows[0]["payload"]["data"]["media"] == {"sha256": "ab" * 32, "bytes": 123456,
+                                                    "content_type": "audio/x-wav"}
+
+
 def test_writes_wake_the_local_sender_after_commit(store):
     endpoint(store)
     notifications.wake_sender.clear()

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from service.store.models import (MEDIA_UNARCHIVED, TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow,
                                   RecordingRow, UTCDateTime)
 from service.domain.recordings import CallbackEvent, Recording, format_time, status_rank
-from service.notify.events import STARTED, terminal_event
+from service.notify.events import ARCHIVED, STARTED, terminal_event
 from service.store import notifications
 from service.media.verified import VerifiedCopy
 
@@ -431,11 +431,18 @@ class Store:
                            media_status="failed" if final else "pending", media_attempts=R.c.media_attempts + 1)
 
     def media_archived(self, sid: str, *, key: str, size: int, sha256: str, content_type: str) -> None:
-        """The copy was read back and matched the download: the recording is archived. The first
+        """The copy was read back and matched the download: the recording is archived, and the
+        `recording.archived` notification is written in the same transaction. The first
         verification stands: a second run of the job (a worker presumed dead) changes nothing."""
-        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_status="archived", media_key=key, media_bytes=size,
-                           media_sha256=sha256, media_content_type=content_type[:64], media_archived_at=_now(),
-                           media_error=None)
+        content_type = content_type[:64]
+        with self._write() as conn:
+            changed = conn.execute(
+                sa.update(R).where(R.c.sid == sid, R.c.media_status.is_distinct_from("archived")).values(
+                    media_status="archived", media_key=key, media_bytes=size, media_sha256=sha256,
+                    media_content_type=content_type, media_archived_at=_now(), media_error=None, updated_at=_now()))
+            if changed.rowcount:
+                notifications.enqueue_event(conn, ARCHIVED, sid,
+                                            media={"sha256": sha256, "bytes": size, "content_type": content_type})
 
     def media_source_deleted(self, sid: str) -> None:
         self._media_update(sid, R.c.media_status == "archived", media_source_deleted_at=_now())
