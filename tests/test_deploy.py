@@ -145,7 +145,7 @@ def test_procfile_release_web_and_worker_store_a_recording(production_venv, sand
             def healthy():
                 try:
                     return requests.get(base + "/readyz", timeout=1).status_code == 200
-                except requests.ConnectionError:
+                except requests.RequestException:  # not listening yet, or still importing the app
                     return False
 
             wait_for(healthy, 30, what="the web process to answer /readyz")
