@@ -1,4 +1,4 @@
-"""Guards what workers.rq_adapter relies on in RQ's internals, on a real worker and Redis."""
+"""Guards what service.pipelines.rq_adapter relies on in RQ's internals, on a real worker and Redis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 from rq import Retry, SimpleWorker
 from rq.job import Job, JobStatus
 
+from service.pipelines import rq_adapter
 from service.services import queue_for
-from workers import rq_adapter
 
 
 def work(queue, connection) -> None:

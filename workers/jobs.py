@@ -12,7 +12,7 @@ from service.config import load_settings
 from service.domain.processing import PermanentFailure, handle_callback
 from service.domain.recordings import CallbackEvent
 from service.services import Services
-from workers import rq_adapter
+from service.pipelines import rq_adapter
 
 log = logging.getLogger(__name__)
 

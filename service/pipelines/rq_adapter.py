@@ -1,21 +1,23 @@
-"""How a job's retries are counted and cut short, in terms of RQ's internals (RQ 3.0).
+"""Every use the project makes of RQ's (and redis-py's) undocumented behaviour, in one place.
 
-RQ has no documented way for a job to refuse its remaining retries. What this relies on,
-guarded by tests/test_rq_adapter.py:
-- `get_current_job()` returns the very Job object the worker holds (RQ keeps it in a
-  context variable while `job.perform()` runs);
-- when the job raises, the worker's `handle_job_failure` reads `job.retries_left` from that
-  object: at 0 it fails the job into the FailedJobRegistry instead of scheduling a retry;
-- a job with a Retry policy has `retry_intervals` and `retries_left`, which each retry lowers
-  by one; RQ keeps no count of the retries configured, so `attempts` and `restore_retries`
-  take it from the intervals: a policy needs one interval per retry (as
-  service.pipelines.ingest.retry_policy has).
+Written against RQ 3.0 and redis-py 8.1 (as locked in uv.lock); pyproject.toml bounds both to
+the releases tests/test_rq_adapter.py has passed on. An upgrade: read this module, run that file.
+
+What it relies on:
+- Retries (give_up_retries, attempts, restore_retries): `get_current_job()` is the very Job the
+  worker holds while `job.perform()` runs, and the worker's `handle_job_failure` reads its
+  `retries_left` (at 0 it fails the job into the FailedJobRegistry instead of scheduling a
+  retry); each retry lowers `retries_left` by one, and RQ keeps no count of the retries
+  configured, so they are counted from `retry_intervals`: a policy needs one interval per retry
+  (as service.pipelines.ingest.retry_policy has).
 """
 
 from __future__ import annotations
 
 from rq import get_current_job
 from rq.job import Job
+
+# --- retries ---------------------------------------------------------------------------
 
 # Set when a job gave up early: retries_left no longer tells how many times it ran.
 _ATTEMPTS_AT_GIVE_UP = "attempts_at_give_up"
