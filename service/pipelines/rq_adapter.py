@@ -4,6 +4,12 @@ Written against RQ 3.0 and redis-py 8.1 (as locked in uv.lock); pyproject.toml b
 the releases tests/test_rq_adapter.py has passed on. An upgrade: read this module, run that file.
 
 What it relies on:
+- Enqueueing without building a Job (EnqueueOnce, the webhook's ingest): `Queue._prepare_for_queue`
+  and `rq.scripts._build_hset_args` give the fields RQ's enqueue writes to a job hash; the Lua
+  script writes the same hash (the fields that differ per job: `data` as the serializer's
+  (func, instance, args, kwargs), read uncompressed as is; `created_at`/`enqueued_at` in
+  `rq.utils.utcformat`; `description`; `retry_intervals` as JSON), pushes the id on the queue's
+  list and adds the queue to `Queue.redis_queues_keys`, as `Queue.enqueue_job` does.
 - Retries (give_up_retries, attempts, restore_retries): `get_current_job()` is the very Job the
   worker holds while `job.perform()` runs, and the worker's `handle_job_failure` reads its
   `retries_left` (at 0 it fails the job into the FailedJobRegistry instead of scheduling a
@@ -14,8 +20,137 @@ What it relies on:
 
 from __future__ import annotations
 
-from rq import get_current_job
+import hashlib
+import json
+import random
+from typing import Callable, NamedTuple, Sequence
+
+import redis
+from rq import Queue, Retry, get_current_job
 from rq.job import Job
+from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
+from rq.utils import now as utcnow, utcformat
+
+# --- enqueueing without building a Job -------------------------------------------------
+
+# KEYS: set of queues, job template, queue key, then per job: once key, job key.
+# ARGV: once ttl, queue key, timestamp, then per job: job id, data, description,
+#       retry intervals.
+# RQ's own unique-enqueue steps plus the once marker, for a batch of jobs in one round trip:
+# a job whose marker is set can never be enqueued a second time. The fields every job shares
+# come from a template hash that RQ built (see _JobTemplate), so the request carries only what
+# differs. Returns 1 (queued) or 0 (not) per job, or -1 when there is no template yet.
+_ENQUEUE_ONCE = """
+local template = redis.call('HGETALL', KEYS[2])
+if #template == 0 then
+    return -1
+end
+local ttl = tonumber(ARGV[1])
+local created, ids = {}, {}
+for i = 1, (#KEYS - 3) / 2 do
+    local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
+    local a = 4 * i
+    created[i] = 0
+    if redis.call('SET', dedupe, '1', 'NX', 'EX', ttl) and redis.call('EXISTS', job) == 0 then
+        redis.call('HSET', job, unpack(template))
+        redis.call('HSET', job, 'data', ARGV[a + 1], 'created_at', ARGV[3], 'enqueued_at', ARGV[3],
+                   'description', ARGV[a + 2], 'retry_intervals', ARGV[a + 3])
+        ids[#ids + 1] = ARGV[a]
+        created[i] = 1
+    end
+end
+if #ids > 0 then
+    redis.call('RPUSH', KEYS[3], unpack(ids))
+    redis.call('SADD', KEYS[1], ARGV[2])
+end
+return created
+"""
+
+
+class OnceJob(NamedTuple):
+    id: str
+    once_key: str  # set for the caller's ttl when the job is queued; while set, none is queued
+    args: list
+    description: str
+
+
+class EnqueueOnce:
+    """Jobs of one function on one queue, a batch per Redis round trip, each queued at most
+    once: only while its once key is unset and no job with its id exists.
+
+    Building an RQ Job per request (create_job, _prepare_for_queue, to_dict, zlib) and sending
+    its ~20 fields was most of the webhook's CPU. RQ builds one template job per process
+    instead; only the payload, timestamps, description and retry intervals differ per job, and
+    the job data is stored uncompressed JSON, which RQ reads as is. Each job's retry intervals
+    are drawn from a few hundred `retry_policy()` results made once: as good at spreading a
+    burst of retries when the policy is jittered, without a policy and a JSON dump per job.
+    tests/test_rq_adapter.py compares the result with RQ's own create_job, field by field.
+    """
+
+    def __init__(self, queue: Queue, func_name: str, retry_policy: Callable[[], Retry], *,
+                 result_ttl: int, failure_ttl: int):
+        self.queue = queue
+        self._script = queue.connection.register_script(_ENQUEUE_ONCE)
+        self._template_options = dict(func_name=func_name, retry_policy=retry_policy, result_ttl=result_ttl,
+                                      failure_ttl=failure_ttl)
+        self._template: _JobTemplate | None = None
+
+    def __call__(self, jobs: Sequence[OnceJob], once_ttl: int) -> list[bool]:
+        """True per job queued, False per job not (its once key was set, or the job exists;
+        a job repeated within the batch is queued once). Raises redis errors."""
+        if not jobs:
+            return []
+        template = self._job()
+        queue = self.queue
+        keys = [Queue.redis_queues_keys, template.key, queue.key]
+        args = [once_ttl, queue.key, utcformat(utcnow())]
+        for job in jobs:
+            keys += [job.once_key, queue.job_class.key_for(job.id)]
+            args += [job.id, *template.args(job)]
+        created = self._script(keys=keys, args=args)
+        if created == -1:  # a new or flushed Redis: write the template, then enqueue
+            template.store(queue.connection)
+            created = self._script(keys=keys, args=args)
+        return [c == 1 for c in created]
+
+    def _job(self) -> _JobTemplate:
+        # Made on first use: RQ asks the Redis server for its version, and the web process
+        # must start (and keep callbacks in the inbox) while Redis is down.
+        if self._template is None:
+            self._template = _JobTemplate(self.queue, **self._template_options)
+        return self._template
+
+
+class _JobTemplate:
+    """The fields every job of EnqueueOnce shares, as RQ itself writes them, kept in Redis."""
+
+    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
+
+    def __init__(self, queue: Queue, func_name: str, retry_policy: Callable[[], Retry], result_ttl: int,
+                 failure_ttl: int):
+        self.serializer = queue.serializer
+        self.func_name = func_name
+        job = queue.create_job(func_name, args=({},), job_id="template", retry=retry_policy(),
+                               result_ttl=result_ttl, failure_ttl=failure_ttl, description="")
+        queue._prepare_for_queue(job)  # origin, timeout, status
+        fields = _build_hset_args(job)
+        self.static = {k: v for k, v in zip(fields[::2], fields[1::2]) if k not in self.VARYING}
+        # Named by its content: a deploy that changes a field (the retry count, RQ's own
+        # fields) writes a new template instead of reading the old one.
+        digest = hashlib.sha256(json.dumps(self.static, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+        self.key = f"recording-keeper:job-template:{queue.name}:{digest}"
+        self.schedules = [json.dumps(retry_policy().intervals) for _ in range(256)]
+
+    def store(self, connection: redis.Redis) -> None:
+        connection.hset(self.key, mapping=self.static)
+
+    def args(self, job: OnceJob) -> list:
+        return [
+            self.serializer.dumps((self.func_name, None, job.args, {})),
+            job.description,
+            random.choice(self.schedules),
+        ]
+
 
 # --- retries ---------------------------------------------------------------------------
 
