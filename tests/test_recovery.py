@@ -1,6 +1,6 @@
 """Crash recovery with real worker processes (`python -m workers`) on a real Redis: a job whose
-worker was SIGKILLed runs again on another worker within seconds, and a job stuck in RQ's
-intermediate queue is put back."""
+worker was SIGKILLed runs again on another worker within seconds. What recovery relies on in
+RQ, case by case, is guarded by tests/test_rq_adapter.py."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import redis
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 from rq.job import Job, JobStatus
-from rq.worker import BaseWorker
 
 from service.config import load_settings
 from devstack.redis_server import EmbeddedRedis, free_port
@@ -131,62 +130,11 @@ def _only_worker_name(tmp_path) -> str:
 
 def test_an_idle_worker_exits_0_on_sigterm_within_seconds(workers, redis_conn):
     proc = workers.start()
-    wait_for(lambda: BaseWorker.all(connection=redis_conn), 20, what="the worker to register")
+    wait_for(lambda: Worker.all(connection=redis_conn), 20, what="the worker to register")
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0
     assert time.monotonic() - started < 10
-
-
-def test_a_job_stuck_in_the_intermediate_queue_is_put_back(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    # What a worker does on dequeue (LMOVE to the intermediate queue) before Redis dropped.
-    assert redis_conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
-    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # first seen now
-    time.sleep(0.3)
-    report = recovery.recover(queue, intermediate_grace=0.2)
-    assert report.unstuck == [job.id]
-    assert queue.intermediate_queue.get_job_ids() == [] and queue.get_job_ids() == [job.id]
-    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # once only
-    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
-    assert job.get_status(refresh=True) == JobStatus.FINISHED and runs(redis_conn, job.id) == 1
-
-
-def test_a_live_workers_job_is_left_alone_and_a_dead_ones_taken(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
-    worker.register_birth()
-    dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
-    execution = worker.prepare_execution(dequeued)
-    worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
-    recovery.beat(redis_conn, worker.name, alive_ttl=5)
-    assert not recovery.recover(queue)  # alive: nothing to do
-    assert queue.started_job_registry.get_job_ids(cleanup=False) == [job.id]
-
-    redis_conn.delete(recovery.ALIVE_KEY.format(worker.name))  # the beat stopped: dead
-    assert recovery.recover(queue).requeued == [job.id]
-    assert not redis_conn.exists(execution.key)
-    assert queue.get_job_ids() == [job.id] and job.get_status(refresh=True) == JobStatus.QUEUED
-    worker.register_death()
-    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
-    assert job.get_status(refresh=True) == JobStatus.FINISHED
-
-
-def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    for attempt in range(recovery.MAX_RECOVERIES + 1):
-        worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
-        worker.register_birth()
-        dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
-        worker.prepare_execution(dequeued)
-        worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
-        redis_conn.delete(worker.key)  # gone without a trace
-        report = recovery.recover(queue)
-        if attempt < recovery.MAX_RECOVERIES:
-            assert report.requeued == [job.id]
-    assert report.failed == [job.id]
-    assert job.get_status(refresh=True) == JobStatus.FAILED
-    assert job.id in queue.failed_job_registry.get_job_ids()
 
 
 def test_worker_housekeeping_drains_the_inbox_and_sweeps(worker_env, workers, sandbox, sandbox_credentials):

@@ -4,6 +4,7 @@ a real Redis with real RQ workers: after an upgrade of either, this file says wh
 from __future__ import annotations
 
 import json
+import time
 import zlib
 from types import SimpleNamespace
 
@@ -17,6 +18,7 @@ from service.pipelines.ingest import (
     FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, Ingest, job_id_for, retry_policy,
 )
 from service.services import queue_for
+from workers import recovery
 
 SETTINGS = SimpleNamespace(queue_name="recordings")
 
@@ -94,3 +96,66 @@ def test_attempts_count_the_retries_a_job_used(queue, redis_conn):
 
 def test_giving_up_outside_a_job_does_nothing():
     rq_adapter.give_up_retries()
+
+
+# --- crash recovery (workers.recovery) --------------------------------------------------
+
+
+def test_rq_counts_a_worker_alive_until_it_registers_its_death(queue, redis_conn):
+    worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.register_birth()
+    assert recovery.worker_alive(redis_conn, worker.name)  # no liveness beat: RQ's key alone
+    worker.register_death()
+    assert redis_conn.exists(rq_adapter.worker_key(worker.name))  # kept a while, marked dead
+    assert not recovery.worker_alive(redis_conn, worker.name)
+
+
+def test_a_job_stuck_in_the_intermediate_queue_is_put_back(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    # What a worker does on dequeue (LMOVE to the intermediate queue) before Redis dropped.
+    assert redis_conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
+    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # first seen now
+    time.sleep(0.3)
+    report = recovery.recover(queue, intermediate_grace=0.2)
+    assert report.unstuck == [job.id]
+    assert queue.intermediate_queue.get_job_ids() == [] and queue.get_job_ids() == [job.id]
+    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # once only
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED and runs(redis_conn, job.id) == 1
+
+
+def test_a_live_workers_job_is_left_alone_and_a_dead_ones_taken(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.register_birth()
+    dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
+    execution = worker.prepare_execution(dequeued)
+    worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
+    recovery.beat(redis_conn, worker.name, alive_ttl=5)
+    assert not recovery.recover(queue)  # alive: nothing to do
+    assert queue.started_job_registry.get_job_ids(cleanup=False) == [job.id]
+
+    redis_conn.delete(recovery.ALIVE_KEY.format(worker.name))  # the beat stopped: dead
+    assert recovery.recover(queue).requeued == [job.id]
+    assert not redis_conn.exists(execution.key)
+    assert queue.get_job_ids() == [job.id] and job.get_status(refresh=True) == JobStatus.QUEUED
+    worker.register_death()
+    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    for attempt in range(recovery.MAX_RECOVERIES + 1):
+        worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
+        worker.register_birth()
+        dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
+        worker.prepare_execution(dequeued)
+        worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
+        redis_conn.delete(worker.key)  # gone without a trace
+        report = recovery.recover(queue)
+        if attempt < recovery.MAX_RECOVERIES:
+            assert report.requeued == [job.id]
+    assert report.failed == [job.id]
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert job.id in queue.failed_job_registry.get_job_ids()

@@ -16,20 +16,34 @@ What it relies on:
   retry); each retry lowers `retries_left` by one, and RQ keeps no count of the retries
   configured, so they are counted from `retry_intervals`: a policy needs one interval per retry
   (as service.pipelines.ingest.retry_policy has).
+- Crash recovery (workers.recovery): a StartedJobRegistry member is `job_id:execution_id`
+  (`rq.utils.parse_composite_key`); each run has an `rq.executions.Execution` record (its hash,
+  the job's execution registry, the worker's execution index) naming its worker; a job hash
+  keeps its last `worker_name`; a worker's hash (`BaseWorker.redis_worker_namespace_prefix` +
+  name) lives while RQ counts the worker alive and gets a `death` field when it registers its
+  death; `rq.job_lifecycle.record_job_failure` fails a job with no worker involved;
+  `Queue._enqueue_job` requeues one as `BaseRegistry.requeue` does; the intermediate queue
+  (`queue.intermediate_queue`) holds the ids a worker took but has not started, with RQ's own
+  first-seen markers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
-from typing import Callable, NamedTuple, Sequence
+import time
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import redis
 from rq import Queue, Retry, get_current_job
+from rq.executions import Execution
 from rq.job import Job
+from rq.job_lifecycle import record_job_failure
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
-from rq.utils import now as utcnow, utcformat
+from rq.utils import now as utcnow, parse_composite_key, utcformat
+from rq.worker import BaseWorker
 
 # --- enqueueing without building a Job -------------------------------------------------
 
@@ -182,3 +196,108 @@ def restore_retries(job: Job) -> None:
     if job.retry_intervals:
         job.retries_left = len(job.retry_intervals)
     job.meta.pop(_ATTEMPTS_AT_GIVE_UP, None)
+
+
+# --- crash recovery --------------------------------------------------------------------
+
+# Recorded by RQ's register_death in the worker's hash, which then lives on for 60 s.
+WORKER_DEATH_FIELD = "death"
+
+
+def worker_key(worker_name: str) -> str:
+    """The hash RQ keeps for a worker: it exists while RQ counts the worker alive (its TTL is
+    refreshed by the heartbeat) and holds WORKER_DEATH_FIELD once the worker registered its death."""
+    return BaseWorker.redis_worker_namespace_prefix + worker_name
+
+
+@dataclasses.dataclass(frozen=True)
+class StartedRun:
+    """One entry of a queue's StartedJobRegistry: a run of a job that some worker started."""
+
+    member: str  # as the registry stores it
+    job_id: str
+    _execution: Execution
+
+    @property
+    def worker_name(self) -> str:
+        """The worker running it, '' when the run's record is gone (it expired)."""
+        return self._execution.worker_name
+
+
+def started_runs(queue: Queue, job_id: str | None = None) -> Iterator[StartedRun]:
+    """Every entry of the queue's StartedJobRegistry, or job `job_id`'s entries (the others'
+    records are then not read)."""
+    connection = queue.connection
+    for member in connection.zrange(queue.started_job_registry.key, 0, -1):
+        member = member.decode() if isinstance(member, bytes) else member
+        run_job_id, execution_id = parse_composite_key(member)
+        if job_id is not None and run_job_id != job_id:
+            continue
+        execution = Execution(id=execution_id, job_id=run_job_id, connection=connection)
+        data = connection.hgetall(execution.key)
+        if data:
+            execution.restore(data)
+        yield StartedRun(member, run_job_id, execution)
+
+
+def last_worker_of(connection: redis.Redis, job_id: str) -> str | None:
+    """The worker that last took the job, from its hash (no whole Job read)."""
+    raw = connection.hget(Job.key_for(job_id), "worker_name")
+    return raw.decode() if raw else None
+
+
+def take_started(queue: Queue, run: StartedRun) -> bool:
+    """Removes the run from the StartedJobRegistry: True for the one caller that did (another
+    recoverer, or the worker finishing the job, may get there first)."""
+    return bool(queue.connection.zrem(queue.started_job_registry.key, run.member))
+
+
+def forget_run(pipe: redis.client.Pipeline, run: StartedRun, job: Job | None) -> None:
+    """Deletes what RQ keeps of a run besides its registry entry: its record, and its place in
+    the worker's index and the job's execution registry."""
+    execution = run._execution
+    pipe.delete(execution.key)
+    if execution.worker_name:
+        pipe.srem(execution.worker_executions_key, execution.composite_key)
+    pipe.zrem(job.execution_registry.key if job else f"rq:executions:{run.job_id}", execution.id)
+
+
+def fail_abandoned(job: Job, reason: str, pipe: redis.client.Pipeline) -> None:
+    """Fails a started job no worker is running into the FailedJobRegistry, with `reason`
+    as its failure (and its meta saved)."""
+    record_job_failure(job, reason, pipe)
+
+
+def requeue_abandoned(queue: Queue, job: Job, pipe: redis.client.Pipeline) -> None:
+    """Puts a started job no worker is running back at the front of its queue, retries and
+    meta as they are, as RQ's own BaseRegistry.requeue does (our jobs have no dependencies to
+    set up)."""
+    pipe.lrem(queue.intermediate_queue_key, 0, job.id)
+    job.started_at = None
+    queue._enqueue_job(job, pipeline=pipe, at_front=True)
+
+
+def intermediate_job_ids(queue: Queue) -> list[str]:
+    """The ids in RQ's intermediate queue: taken by a worker (LMOVE), not yet started (or the
+    worker has not yet removed them)."""
+    return queue.intermediate_queue.get_job_ids()
+
+
+def in_intermediate_longer_than(queue: Queue, job_id: str, seconds: float) -> bool:
+    """Whether the job has been seen in the intermediate queue for `seconds` or more, by
+    RQ's own first-seen marker. The first call for a job sets the marker: False."""
+    intermediate = queue.intermediate_queue
+    if intermediate.set_first_seen(job_id):
+        return False
+    first_seen = intermediate.get_first_seen(job_id)
+    return first_seen is None or time.time() - first_seen.timestamp() >= seconds
+
+
+def take_from_intermediate(queue: Queue, job_id: str) -> bool:
+    """Removes the job from the intermediate queue, with its first-seen marker: True for the
+    one caller that did."""
+    intermediate = queue.intermediate_queue
+    if not queue.connection.lrem(intermediate.key, 1, job_id):
+        return False
+    queue.connection.delete(intermediate.get_first_seen_key(job_id))
+    return True
