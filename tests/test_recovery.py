@@ -1,6 +1,7 @@
-"""Crash recovery with real worker processes (`python -m workers`) on a real Redis: a job whose
-worker was SIGKILLed runs again on another worker within seconds. What recovery relies on in
-RQ, case by case, is guarded by tests/test_rq_adapter.py."""
+"""Crash recovery and stops with real worker processes (`python -m workers`) on a real Redis: a
+job whose worker was SIGKILLed runs again on another worker within seconds, and a stop at any
+moment is a clean exit. What recovery and the worker rely on in RQ, case by case, is guarded
+by tests/test_rq_adapter.py."""
 
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from rq import SimpleWorker, Worker
+from rq import Worker
 from rq.job import Job, JobStatus
 
 from service.config import load_settings
@@ -25,7 +25,7 @@ from service.store.sql import Store
 from tests.e2e import wait_for
 from tests.faults import TcpProxy
 from workers import recovery
-from workers.__main__ import REDIS_SOCKET_TIMEOUT, WORKER_TTL, KeeperWorker, StartupStop
+from workers.__main__ import REDIS_SOCKET_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -203,58 +203,6 @@ def test_a_sigterm_while_waiting_for_redis_exits_0(worker_env, tmp_path):
              interval=0.05, what="the worker to wait for Redis")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 0
-
-
-def test_the_start_up_stop_handler_ends_a_forked_child_as_the_default_would():
-    # RQ forks its scheduler process before it installs its own handlers. A SIGTERM that our
-    # inherited handler swallowed there left the scheduler running, and the worker's warm
-    # shutdown waiting on it until a second signal (seen once in CI: 30 s, then a cold shutdown).
-    stop = StartupStop()
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)
-            finally:
-                os._exit(7)  # reached only if the signal was swallowed
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
-    assert not stop.requested.is_set()
-
-    # In the worker's own process it only asks for a clean stop.
-    stop.worker = SimpleNamespace(_stop_requested=False)  # the one attribute it sets
-    stop(signal.SIGTERM, None)
-    assert stop.requested.is_set() and stop.worker._stop_requested is True
-
-
-def test_death_is_registered_after_a_stop_broke_a_redis_transaction(redis_conn):
-    # What RQ's StopRequested, raised mid-transaction by an idle worker's SIGTERM handler,
-    # leaves behind (rq/rq#2175): a pooled connection inside MULTI with its replies unread.
-    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
-    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
-    worker.register_birth()
-    pool = redis_conn.connection_pool
-    dirty = pool.get_connection()
-    dirty.send_command("MULTI")
-    dirty.send_command("HSET", "interrupted", "f", "v")
-    pool.release(dirty)
-
-    worker.register_death()
-
-    assert redis_conn.hget(worker.key, "death") is not None
-    assert worker.name not in {w.name for w in SimpleWorker.all(connection=redis_conn)}
-
-
-def test_the_work_loops_redis_timeout_outlasts_the_blocking_dequeue(redis_conn):
-    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
-    worker = KeeperWorker([queue], connection=redis_conn, worker_ttl=WORKER_TTL)
-    # Not shorter than what RQ would set on the pool (it would then change it, for new
-    # connections only), and longer than the blocking dequeue, which must not time out.
-    assert REDIS_SOCKET_TIMEOUT >= worker.connection_timeout > worker.dequeue_timeout
 
 
 def test_a_worker_whose_redis_connection_went_half_open_carries_on(worker_env, redis_url, tmp_path):

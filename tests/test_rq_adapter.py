@@ -4,6 +4,8 @@ a real Redis with real RQ workers: after an upgrade of either, this file says wh
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import zlib
 from types import SimpleNamespace
@@ -17,8 +19,10 @@ from service.pipelines import rq_adapter
 from service.pipelines.ingest import (
     FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, Ingest, job_id_for, retry_policy,
 )
+from service.pipelines.rq_adapter import KeeperWorker, StartupStop
 from service.services import queue_for
 from workers import recovery
+from workers.__main__ import REDIS_SOCKET_TIMEOUT, WORKER_TTL
 
 SETTINGS = SimpleNamespace(queue_name="recordings")
 
@@ -159,3 +163,80 @@ def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_
     assert report.failed == [job.id]
     assert job.get_status(refresh=True) == JobStatus.FAILED
     assert job.id in queue.failed_job_registry.get_job_ids()
+
+
+# --- the worker process (workers.__main__) ----------------------------------------------
+
+
+def test_the_start_up_stop_handler_ends_a_forked_child_as_the_default_would(queue, redis_conn):
+    # RQ forks its scheduler process before it installs its own handlers. A SIGTERM that our
+    # inherited handler swallowed there left the scheduler running, and the worker's warm
+    # shutdown waiting on it until a second signal (seen once in CI: 30 s, then a cold shutdown).
+    stop = StartupStop()
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            finally:
+                os._exit(7)  # reached only if the signal was swallowed
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    assert not stop.requested.is_set()
+
+    # In the worker's own process it only asks for a clean stop: before the first job.
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    stop.attach(worker)
+    stop(signal.SIGTERM, None)
+    assert stop.requested.is_set()
+    assert worker.work(burst=True) is False
+    assert runs(redis_conn, job.id) == 0 and queue.job_ids == [job.id]
+
+
+def test_death_is_registered_after_a_stop_broke_a_redis_transaction(queue, redis_conn):
+    # What RQ's StopRequested, raised mid-transaction by an idle worker's SIGTERM handler,
+    # leaves behind (rq/rq#2175): a pooled connection inside MULTI with its replies unread.
+    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.register_birth()
+    pool = redis_conn.connection_pool
+    dirty = pool.get_connection()
+    dirty.send_command("MULTI")
+    dirty.send_command("HSET", "interrupted", "f", "v")
+    pool.release(dirty)
+
+    worker.register_death()
+
+    assert redis_conn.hget(worker.key, "death") is not None
+    assert worker.name not in {w.name for w in SimpleWorker.all(connection=redis_conn)}
+
+
+def test_the_work_loops_redis_timeout_outlasts_the_blocking_dequeue(queue, redis_conn):
+    worker = KeeperWorker([queue], connection=redis_conn, worker_ttl=WORKER_TTL)
+    # Not shorter than what RQ would set on the pool (it would then change it, for new
+    # connections only), and longer than the blocking dequeue, which must not time out.
+    assert REDIS_SOCKET_TIMEOUT >= worker.connection_timeout > worker.dequeue_timeout
+
+
+def test_a_stop_requested_before_the_worker_exists_stops_it_before_its_first_job(queue, redis_conn):
+    job = queue.enqueue("tests.jobs_for_tests.quick")
+    stop = StartupStop()
+    stop(signal.SIGTERM, None)  # while waiting for Redis, say
+    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    stop.attach(worker)
+    assert worker.work(burst=True) is False
+    assert runs(redis_conn, job.id) == 0 and queue.job_ids == [job.id]
+
+
+def test_a_workers_pub_sub_thread_stops_within_seconds(queue, redis_conn):
+    # RQ's warm shutdown stops it. redis-py 8.2's PubSubWorkerThread.stop() waits out the
+    # thread's 60 s read: a SIGTERM'd worker would outlast Heroku's 30 s and be killed.
+    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
+    worker.subscribe()
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 5

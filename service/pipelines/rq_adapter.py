@@ -2,6 +2,8 @@
 
 Written against RQ 3.0 and redis-py 8.1 (as locked in uv.lock); pyproject.toml bounds both to
 the releases tests/test_rq_adapter.py has passed on. An upgrade: read this module, run that file.
+Everything outside it uses RQ's public API only (Queue, Job.fetch, the registries' public
+methods, Retry, SimpleWorker, get_current_job).
 
 What it relies on:
 - Enqueueing without building a Job (EnqueueOnce, the webhook's ingest): `Queue._prepare_for_queue`
@@ -25,6 +27,12 @@ What it relies on:
   `Queue._enqueue_job` requeues one as `BaseRegistry.requeue` does; the intermediate queue
   (`queue.intermediate_queue`) holds the ids a worker took but has not started, with RQ's own
   first-seen markers.
+- The worker process (workers.__main__): `register_death` runs a transaction on a pooled
+  connection (rq/rq#2175); the work loop checks `_stop_requested` before each dequeue; `work()`
+  forks its scheduler before installing its own signal handlers; the blocking dequeue lasts
+  `worker_ttl - 15` s and RQ raises the pool's socket timeout to 10 s more than that.
+- redis-py below 8.2: RQ's warm shutdown stops the worker's pub/sub thread, and 8.2's
+  `PubSubWorkerThread.stop()` waits out the thread's 60 s read, longer than Heroku's 30 s.
 """
 
 from __future__ import annotations
@@ -32,18 +40,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
+import os
 import random
+import signal
+import threading
 import time
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import redis
-from rq import Queue, Retry, get_current_job
+from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.executions import Execution
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
 from rq.utils import now as utcnow, parse_composite_key, utcformat
 from rq.worker import BaseWorker
+
+log = logging.getLogger(__name__)
 
 # --- enqueueing without building a Job -------------------------------------------------
 
@@ -301,3 +315,71 @@ def take_from_intermediate(queue: Queue, job_id: str) -> bool:
         return False
     queue.connection.delete(intermediate.get_first_seen_key(job_id))
     return True
+
+
+# --- the worker process ----------------------------------------------------------------
+
+
+def work_loop_socket_timeout(worker_ttl: int) -> int:
+    """The socket timeout for a worker's own Redis connection: one that a failover left
+    half-open (no answer, no close) would otherwise hang the worker outside any job's timeout.
+
+    Longer than RQ's blocking dequeue (worker_ttl - 15 s), which must not time out, and not
+    shorter than the timeout RQ sets on the pool when the worker is built (dequeue + 10 s),
+    which would then replace it for new connections only, not the one already open."""
+    return worker_ttl
+
+
+class KeeperWorker(SimpleWorker):
+    """RQ's SimpleWorker, whose death is registered even when a stop signal broke a Redis
+    transaction, and which can be asked to stop before its work loop starts.
+
+    An idle worker's SIGTERM handler raises StopRequested wherever the work loop is. Inside a
+    transaction, that returns a connection to the pool with replies unread (rq/rq#2175), and
+    the next transaction on it, the death registration, fails: the worker exited 1 instead of
+    0. Closing the pool's idle connections and registering again on a fresh one mends that.
+    """
+
+    def register_death(self) -> None:
+        try:
+            super().register_death()
+        except Exception:  # the misread replies surface as ResponseError or as a parse error
+            log.warning("worker %s: registering its death again on a fresh connection", self.name)
+            self.connection.connection_pool.disconnect(inuse_connections=False)
+            super().register_death()
+
+    def stop_before_next_job(self) -> None:
+        """The work loop ends before its next dequeue (its first, if it has not started), as
+        after RQ's own warm-shutdown request."""
+        self._stop_requested = True
+
+
+class StartupStop:
+    """The SIGTERM/SIGINT handler until RQ installs its own, after registering the worker and
+    starting its scheduler process: without it a stop in between would kill the process with
+    no clean exit. The caller's wait before the worker exists checks `requested`; the worker
+    attached stops before its first dequeue."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.worker: KeeperWorker | None = None
+        self._pid = os.getpid()
+
+    def attach(self, worker: KeeperWorker) -> None:
+        """From now on a stop reaches `worker` too; one already requested, at once."""
+        self.worker = worker
+        if self.requested.is_set():
+            worker.stop_before_next_job()
+
+    def __call__(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:
+            # Inherited by RQ's scheduler process, forked before it installs its own handlers.
+            # Swallowed here, the signal would leave it running and the worker's warm shutdown
+            # waiting for it: end it as the default handler would.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        log.info("worker: stop requested during start-up")
+        self.requested.set()
+        if self.worker is not None:
+            self.worker.stop_before_next_job()
