@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from rq import Queue
 
 from bench import loadgen
 from bench.common import (
@@ -193,7 +194,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                             runs[c]["floor"].append(f)
                         b = measure("bare", c, duration)
                         w = measure("webhook", c, duration)
-                        queued = client.llen("rq:queue:recordings")
+                        queued = Queue("recordings", connection=client).count
                         client.flushall()  # fresh dedupe keys: the next run's callbacks are new again
                         runs[c]["bare"].append(b)
                         runs[c]["webhook"].append(w)

@@ -19,16 +19,15 @@ recovered by another worker within seconds (workers.recovery).
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
 
 import redis
-from rq import SimpleWorker
 
 from service.config import ConfigError, load_settings
 from service.logs import configure_logging
+from service.pipelines.rq_adapter import KeeperWorker, StartupStop, work_loop_socket_timeout
 from service.services import queue_for, redis_connection
 from workers.housekeeping import Housekeeping
 
@@ -41,12 +40,8 @@ WORKER_TTL = 30
 # RQ's registry cleanup and scheduler takeover run only every maintenance_interval (600 s by
 # default): when the worker running the scheduler dies, retries would wait that long.
 MAINTENANCE_INTERVAL = 30
-# The socket timeout of the work loop's Redis connections: one that a failover left
-# half-open (no answer, no close) would otherwise hang the worker outside any job's timeout.
-# RQ gives the pool a timeout (dequeue + 10 s) only for connections opened after the worker
-# is built, not the one that waited for Redis. Longer than RQ's blocking dequeue
-# (WORKER_TTL - 15 s), and not shorter than RQ's own, which would then replace it.
-REDIS_SOCKET_TIMEOUT = WORKER_TTL
+# The socket timeout of the work loop's Redis connections, the one that waited for Redis included.
+REDIS_SOCKET_TIMEOUT = work_loop_socket_timeout(WORKER_TTL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     if not wait_for_redis(connection, stop.requested):
         return 0
-    worker = stop.worker = KeeperWorker([queue], connection=connection, serializer=queue.serializer,
-                                        worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
-    worker._stop_requested = stop.requested.is_set()
+    worker = KeeperWorker([queue], connection=connection, serializer=queue.serializer,
+                          worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
+    stop.attach(worker)
     housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
     try:
@@ -73,50 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         housekeeping.stop()
     return 0
-
-
-class KeeperWorker(SimpleWorker):
-    """RQ's SimpleWorker, whose death is registered even when a stop signal broke a Redis
-    transaction.
-
-    An idle worker's SIGTERM handler raises StopRequested wherever the work loop is. Inside a
-    transaction, that returns a connection to the pool with replies unread (rq/rq#2175), and
-    the next transaction on it, the death registration, fails: the worker exited 1 instead of
-    0. Closing the pool's idle connections and registering again on a fresh one mends that.
-    """
-
-    def register_death(self) -> None:
-        try:
-            super().register_death()
-        except Exception:  # the misread replies surface as ResponseError or as a parse error
-            log.warning("worker %s: registering its death again on a fresh connection", self.name)
-            self.connection.connection_pool.disconnect(inuse_connections=False)
-            super().register_death()
-
-
-class StartupStop:
-    """The SIGTERM/SIGINT handler until RQ installs its own, after registering the worker and
-    starting its scheduler process: without it a stop in between would kill the process with
-    no clean exit. The wait for Redis and RQ's work loop (before its first dequeue) check the
-    flags it sets."""
-
-    def __init__(self) -> None:
-        self.requested = threading.Event()
-        self.worker: KeeperWorker | None = None
-        self._pid = os.getpid()
-
-    def __call__(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:
-            # Inherited by RQ's scheduler process, forked before it installs its own handlers.
-            # Swallowed here, the signal would leave it running and the worker's warm shutdown
-            # waiting for it: end it as the default handler would.
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        log.info("worker: stop requested during start-up")
-        self.requested.set()
-        if self.worker is not None:
-            self.worker._stop_requested = True
 
 
 def wait_for_redis(connection: redis.Redis, stopping: threading.Event, longest_wait: float = 5.0) -> bool:
