@@ -1,6 +1,10 @@
 """RecordingStatusCallback receiver: verify, validate, dedupe + enqueue, acknowledge.
 
 No outbound HTTP and no database write on this path unless Redis is down (then the inbox).
+A refused callback says why on its access line (service.web.access), with what an operator
+needs to see the cause (for a signature: the URL it was checked against, the URL the request
+came to, the header read and how many keys were tried), never a key, a signature or the
+query string.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ import logging
 from flask import Blueprint, current_app, request
 from marshmallow import ValidationError
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from service.pipelines.ingest import Unavailable
 from service.domain.recordings import CallbackEvent
 from service.signalwire.signatures import verify_signature
+from service.web.access import callback_outcome, refuse, request_id
 from service.web.errors import ApiError
 from service.web.schemas import callback_schema
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
 
 
 def _signed_url(settings) -> str:
@@ -28,6 +35,24 @@ def _signed_url(settings) -> str:
     url = settings.public_base_url + request.path
     query = request.query_string.decode("latin-1")
     return f"{url}?{query}" if query else url
+
+
+def _refused(status: int, message: str, reason: str, **details) -> ApiError:
+    refuse(reason, **details)
+    return ApiError(status, message)
+
+
+def _signature_details(settings, header: str | None) -> dict:
+    # Behind a proxy that rewrites the scheme, host or port, the URL the request came to
+    # differs from PUBLIC_BASE_URL's: the usual cause of a mismatch, plain to see side by side.
+    forwarded = request.headers.get("X-Forwarded-Proto", request.scheme)
+    return {
+        "checked_url": settings.public_base_url + request.path,
+        "received_url": f"{forwarded}://{request.host}{request.path}",
+        "query_string": "present, signed with the URL" if request.query_string else "none",
+        "signature_header": header,
+        "keys_tried": len(settings.signalwire_signing_keys),
+    }
 
 
 def _signed_parameters(settings) -> MultiDict:
@@ -46,10 +71,12 @@ def _signed_parameters(settings) -> MultiDict:
         params, signed_form = request.args, None
     elif request.is_json:
         if raw_body is None and not unsigned_ok:
-            raise ApiError(403, "invalid signature: a JSON body is signed only through bodySHA256 in the URL")
+            raise _refused(403, "invalid signature: a JSON body is signed only through bodySHA256 in the URL",
+                           "body_unsigned")
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
-            raise ApiError(400, "callback body must be a form or a JSON object")
+            raise _refused(400, "callback body must be a form or a JSON object", "invalid_parameters",
+                           fields=["body"])
         params = MultiDict({str(k): "" if v is None else str(v) for k, v in body.items()})
         signed_form = None
     else:
@@ -57,11 +84,13 @@ def _signed_parameters(settings) -> MultiDict:
         signed_form = None if raw_body is not None else list(params.items(multi=True))
     if unsigned_ok:
         return params
-    signature = request.headers.get("X-SignalWire-Signature") or request.headers.get("X-Twilio-Signature")
-    if not signature:
-        raise ApiError(403, "missing signature: X-SignalWire-Signature header is required")
+    header = next((name for name in SIGNATURE_HEADERS if request.headers.get(name)), None)
+    if header is None:
+        raise _refused(403, "missing signature: X-SignalWire-Signature header is required", "signature_missing",
+                       **_signature_details(settings, None))
+    signature = request.headers[header]
     if not verify_signature(settings.signalwire_signing_keys, signature, _signed_url(settings), signed_form, raw_body):
-        raise ApiError(403, "invalid signature")
+        raise _refused(403, "invalid signature", "signature_mismatch", **_signature_details(settings, header))
     return params
 
 
@@ -71,13 +100,19 @@ def recording_status():
     # Bound the body before anything reads it (werkzeug answers 413 past this).
     request.max_content_length = settings.max_callback_bytes
     # SignalWire sends each parameter once; of a repeated one the first counts.
-    params = _signed_parameters(settings).to_dict()
+    try:
+        params = _signed_parameters(settings).to_dict()
+    except RequestEntityTooLarge:
+        raise _refused(413, f"callback body over {settings.max_callback_bytes} bytes", "body_too_large",
+                       content_length=request.content_length, limit=settings.max_callback_bytes)
     try:
         data = callback_schema.load(params)
     except ValidationError as exc:
+        refuse("invalid_parameters", fields=sorted(exc.messages))
         raise ApiError(400, "invalid callback parameters", fields=exc.messages)
     if data["AccountSid"] != settings.signalwire_project_id:
-        raise ApiError(403, "AccountSid does not match this service's project")
+        raise _refused(403, "AccountSid does not match this service's project", "account_mismatch",
+                       account_sid=data["AccountSid"][:64])
 
     event = CallbackEvent(
         recording_sid=data["RecordingSid"],
@@ -95,7 +130,9 @@ def recording_status():
         params=params,
     )
     try:
-        outcome = current_app.extensions["ingest"].submit(event)
+        outcome = current_app.extensions["ingest"].submit(event, request_id())
     except Unavailable:
+        callback_outcome("unavailable")
         raise ApiError(503, "temporarily unable to accept callbacks; retry later", {"Retry-After": "5"})
+    callback_outcome(outcome)
     return "", 204, {"X-Callback-Outcome": outcome}
