@@ -23,12 +23,15 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import redis
+import structlog
 from rq import SimpleWorker
 
 from service.config import ConfigError, load_settings
-from service.logs import configure_logging
+from service.observability import metrics
+from service.observability.logs import configure_logging
 from service.services import queue_for, redis_connection
 from workers.housekeeping import Housekeeping
 
@@ -47,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        configure_logging()
+        log.critical("%s", exc, extra={"problems": exc.problems})
         return 2
-    configure_logging(settings.log_level, settings.secrets)
+    configure_logging(settings.log_level, settings.secrets, settings.log_format)
     # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
     connection = redis_connection(settings.redis_url, socket_timeout=None)
     queue = queue_for(settings, connection)
@@ -71,14 +75,46 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class KeeperWorker(SimpleWorker):
-    """RQ's SimpleWorker, whose death is registered even when a stop signal broke a Redis
-    transaction.
+    """RQ's SimpleWorker, which counts and logs every job, and whose death is registered even
+    when a stop signal broke a Redis transaction.
+
+    Each job's log lines carry its `job_id`, the `request_id` of the callback that queued it
+    (from the job's meta), and its `recording_sid` and `status`; its last line says how it
+    ended (stored, retried or failed) and how long it took, as metrics.JOBS and
+    metrics.JOB_DURATION count it.
 
     An idle worker's SIGTERM handler raises StopRequested wherever the work loop is. Inside a
     transaction, that returns a connection to the pool with replies unread (rq/rq#2175), and
     the next transaction on it, the death registration, fails: the worker exited 1 instead of
     0. Closing the pool's idle connections and registering again on a fresh one mends that.
     """
+
+    def perform_job(self, job, queue, execution) -> bool:
+        payload = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, request_id=(job.meta or {}).get("request_id"),
+            recording_sid=payload.get("recording_sid"), status=payload.get("status"),
+        )
+        self._job_result = "failed"
+        started = time.perf_counter()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            seconds = time.perf_counter() - started
+            metrics.JOBS.labels(self._job_result).inc()
+            metrics.JOB_DURATION.observe(seconds)
+            log.info("job %s %s", job.id, self._job_result,
+                     extra={"result": self._job_result, "duration_ms": round(seconds * 1000, 1)})
+            structlog.contextvars.clear_contextvars()
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        self._job_result = "stored"
+        super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        # As RQ decides below: retried while it has retries left (a job stopped on request is not).
+        self._job_result = "retried" if job.should_retry and self._stopped_job_id != job.id else "failed"
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def register_death(self) -> None:
         try:

@@ -27,6 +27,7 @@ from requests.utils import select_proxy
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from service.domain.recordings import Recording, parse_int
+from service.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -232,11 +233,17 @@ class SignalWireClient:
             "Trim": trim,
         }
         path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
-        return self._recording(self._request("POST", self.base_url + path, form))
+        return self._recording(self._request("POST", self.base_url + path, form, operation="create"))
 
     def fetch_recording(self, sid: str) -> Recording:
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
-        return self._recording(self._request("GET", url))
+        return self._recording(self._request("GET", url, operation="fetch"))
+
+    def check_credentials(self) -> None:
+        """One cheap authenticated request (a one-item page of the account's recordings);
+        raises SignalWireError when SignalWire refuses it or cannot be reached."""
+        self._request("GET", f"{self.base_url}{self._account_path}/Recordings.json", {"PageSize": 1},
+                      operation="list")
 
     def list_recordings(
         self,
@@ -256,7 +263,7 @@ class SignalWireClient:
             params["DateCreated<"] = _rfc2822(created_before)
         url: str | None = f"{self.base_url}{self._account_path}/Recordings.json"
         while url:
-            page = self._request("GET", url, params)
+            page = self._request("GET", url, params, operation="list")
             for item in page.get("recordings") or ():
                 yield self._recording(item)
             url, params = self._next_page(page.get("next_page_uri")), None
@@ -284,12 +291,13 @@ class SignalWireClient:
         except ValueError as exc:
             raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
 
-    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None) -> dict:
-        """`fields`: the query of a GET, the urlencoded form of a POST."""
+    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *, operation: str) -> dict:
+        """`fields`: the query of a GET, the urlencoded form of a POST; `operation` names the
+        request in metrics.SIGNALWIRE_REQUESTS (each attempt is counted)."""
         attempt = 0
         while True:
             try:
-                return self._once(method, url, fields)
+                return self._once(method, url, fields, operation)
             except SignalWireError as err:
                 if not err.retryable or attempt >= self.max_retries:
                     raise
@@ -303,13 +311,14 @@ class SignalWireClient:
                 log.info("signalwire %s %s: %s; retry %d in %.2fs", method, urlsplit(url).path, err, attempt, wait)
                 time.sleep(wait)
 
-    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None) -> dict:
+    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, operation: str) -> dict:
         # A GET's fields go into the query, a POST's into a urlencoded form, as SignalWire expects.
         form = {"encode_multipart": False} if method == "POST" else {}
         try:
             response = self._http.request(method, url, fields=fields, headers=self._headers, timeout=self._timeout,
                                           retries=False, redirect=False, **form)
         except HTTPError as exc:
+            metrics.SIGNALWIRE_REQUESTS.labels(operation, "error").inc()
             raise SignalWireError(
                 self._scrub(f"{type(exc).__name__} on {method} {urlsplit(url).path}"),
                 # A refused connection is a ConnectTimeoutError to urllib3, but no timeout.
@@ -317,6 +326,7 @@ class SignalWireClient:
                 method=method,
                 sent=not isinstance(exc, ConnectTimeoutError),  # refused, DNS, connect timeout
             ) from None
+        metrics.SIGNALWIRE_REQUESTS.labels(operation, str(response.status)).inc()
         log.debug("signalwire %s %s -> %d", method, urlsplit(url).path, response.status)
         if not 200 <= response.status < 300:
             code, message, more_info = _parse_error_body(response)
