@@ -22,17 +22,20 @@ from service.services import queue_for
 SETTINGS = SimpleNamespace(queue_name="recordings")
 
 
-def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
-    """Guards the per-process template against RQ upgrades: same fields, same static values."""
+@pytest.mark.parametrize("request_id", ["4bd3c0a6-9a4e-4c8e-8d54-0d3c5a9e8f11", None])
+def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id):
+    """Guards the per-process template against RQ upgrades: same fields, same static values,
+    and the request id in the job's meta as RQ would store it."""
     queue = queue_for(SETTINGS, redis_conn)
     event = CallbackEvent(recording_sid="5d2b-rec", account_sid="acct", status="completed", params={"A": "1"})
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
-    assert ingest.enqueue(event)
+    assert ingest.enqueue(event, request_id)
     ours = {k.decode(): v for k, v in redis_conn.hgetall(Job.key_for(job_id_for(event))).items()}
 
     reference = queue.create_job(JOB_FUNC, args=(event.to_payload(),), job_id="reference", retry=retry_policy(),
                                  result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                                 description=f"recording {event.recording_sid} {event.status}")
+                                 description=f"recording {event.recording_sid} {event.status}",
+                                 meta={"request_id": request_id} if request_id else None)
     queue.enqueue_job(reference)
     theirs = {k.decode(): v for k, v in redis_conn.hgetall(reference.key).items()}
 
@@ -47,6 +50,7 @@ def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
     job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
     assert job.func_name == JOB_FUNC and list(job.args) == [event.to_payload()]
     assert job.retries_left == len(RETRY_INTERVALS) and job.get_status() == "queued"
+    assert job.meta == ({"request_id": request_id} if request_id else {})
     assert queue.job_ids == [job_id_for(event), "reference"]
 
 
@@ -79,7 +83,7 @@ def test_jobs_do_not_share_one_retry_schedule(redis_conn):
     # A burst of failures (a rate limit) must not come back as one burst.
     queue = queue_for(SETTINGS, redis_conn)
     events = [CallbackEvent(recording_sid=f"r{i}", account_sid="a", status="completed") for i in range(20)]
-    Ingest(queue, store=None, dedupe_ttl=60).enqueue_many(events)
+    Ingest(queue, store=None, dedupe_ttl=60).enqueue_many([(event, None) for event in events])
     schedules = {redis_conn.hget(Job.key_for(job_id_for(event)), "retry_intervals") for event in events}
     assert len(schedules) > 10
 
@@ -109,7 +113,7 @@ def test_distinct_callbacks_never_share_a_job(redis_conn):
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     events = [CallbackEvent(recording_sid=sid, account_sid="a", status=status)
               for sid, status in (("r1", "a b"), ("r1", "a_b"), ("r1", "a.b"), ("r1_a", "b"), ("r1", "completed"))]
-    assert ingest.enqueue_many(events) == [True] * len(events)
+    assert ingest.enqueue_many([(event, None) for event in events]) == [True] * len(events)
     assert len(set(queue.job_ids)) == len(events)
     assert job_id_for(events[-1]) == "cb_r1_completed"  # SignalWire's own sids and statuses stay readable
 
@@ -118,12 +122,15 @@ def test_batch_queues_each_event_once_in_order(redis_conn):
     queue = queue_for(SETTINGS, redis_conn)
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     a, b = (CallbackEvent(recording_sid=sid, account_sid="acct", status="completed") for sid in ("ra", "rb"))
-    assert ingest.enqueue_many([a, b, a]) == [True, True, False]
-    assert ingest.enqueue_many([b]) == [False]
+    assert ingest.enqueue_many([(a, "r-1"), (b, "r-2"), (a, "r-3")]) == [True, True, False]
+    assert ingest.enqueue_many([(b, "r-4")]) == [False]
     assert queue.job_ids == [job_id_for(a), job_id_for(b)]
     for event in (a, b):
         job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
         assert list(job.args) == [event.to_payload()] and job.get_status() == "queued"
+    # Each job carries the request id of the callback that queued it, not another's in its batch.
+    assert [Job.fetch(job_id_for(e), connection=redis_conn, serializer=queue.serializer).meta for e in (a, b)] == [
+        {"request_id": "r-1"}, {"request_id": "r-2"}]
     assert ingest.enqueue_many([]) == []
 
 

@@ -34,11 +34,13 @@ JOB_FUNC = "workers.jobs.process_callback"
 # outage that long still ends with the callback stored, not in the dead letters.
 RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3600, 3600, 3600, 3600, 3600)
 RESULT_TTL = 600
+# An inbox row's payload is the event's, plus the request id it came with under this key.
+INBOX_REQUEST_ID = "request_id"
 FAILURE_TTL = 7 * 24 * 3600
 
 # KEYS: set of queues, job template, queue key, then per event: dedupe key, job key.
 # ARGV: dedupe ttl, queue key, timestamp, then per event: job id, data, description,
-#       retry intervals.
+#       retry intervals, meta (the request id, carried into the worker's log lines; '' for none).
 # RQ's own unique-enqueue steps plus the dedupe marker, for a batch of events in one round
 # trip: a duplicate can never produce a second job. The fields every job shares come from a
 # template hash that RQ built (see _JobTemplate), so the request carries only what differs.
@@ -52,12 +54,15 @@ local ttl = tonumber(ARGV[1])
 local created, ids = {}, {}
 for i = 1, (#KEYS - 3) / 2 do
     local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-    local a = 4 * i
+    local a = 5 * i - 1
     created[i] = 0
     if redis.call('SET', dedupe, '1', 'NX', 'EX', ttl) and redis.call('EXISTS', job) == 0 then
         redis.call('HSET', job, unpack(template))
         redis.call('HSET', job, 'data', ARGV[a + 1], 'created_at', ARGV[3], 'enqueued_at', ARGV[3],
                    'description', ARGV[a + 2], 'retry_intervals', ARGV[a + 3])
+        if ARGV[a + 4] ~= '' then
+            redis.call('HSET', job, 'meta', ARGV[a + 4])
+        end
         ids[#ids + 1] = ARGV[a]
         created[i] = 1
     end
@@ -111,7 +116,7 @@ class _JobTemplate:
     tests/test_ingest.py compares the result with RQ's own create_job, field by field.
     """
 
-    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
+    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
 
     def __init__(self, queue: Queue):
         self.serializer = queue.serializer
@@ -131,11 +136,12 @@ class _JobTemplate:
     def store(self, connection: redis.Redis) -> None:
         connection.hset(self.key, mapping=self.static)
 
-    def args(self, event: CallbackEvent) -> list:
+    def args(self, event: CallbackEvent, request_id: str | None) -> list:
         return [
             self.serializer.dumps((JOB_FUNC, None, [event.to_payload()], {})),
             f"recording {event.recording_sid} {event.status}",
             random.choice(self.schedules),
+            self.serializer.dumps({"request_id": request_id}) if request_id else "",
         ]
 
 
@@ -148,21 +154,22 @@ class Ingest:
         self._template: _JobTemplate | None = None
         self._group = GroupCommit(self.enqueue_many)
 
-    def enqueue(self, event: CallbackEvent) -> bool:
+    def enqueue(self, event: CallbackEvent, request_id: str | None = None) -> bool:
         """True when a new job was queued, False for a duplicate. Raises redis errors."""
-        return self.enqueue_many([event])[0]
+        return self.enqueue_many([(event, request_id)])[0]
 
-    def enqueue_many(self, events: list[CallbackEvent]) -> list[bool]:
-        """One round trip for the whole batch; a duplicate (even within it) is never queued twice."""
-        if not events:
+    def enqueue_many(self, items: list[tuple[CallbackEvent, str | None]]) -> list[bool]:
+        """One round trip for the whole batch of (event, request id); a duplicate (even within
+        it) is never queued twice."""
+        if not items:
             return []
         template = self._job()
         keys = [Queue.redis_queues_keys, template.key, self.queue.key]
         args = [self.dedupe_ttl, self.queue.key, utcformat(utcnow())]
-        for event in events:
+        for event, request_id in items:
             job_id = job_id_for(event)
             keys += [f"dedupe:{event.dedupe_key}", self.queue.job_class.key_for(job_id)]
-            args += [job_id, *template.args(event)]
+            args += [job_id, *template.args(event, request_id)]
         created = self._script(keys=keys, args=args)
         if created == -1:  # a new or flushed Redis: write the template, then enqueue
             template.store(self.queue.connection)
@@ -176,14 +183,17 @@ class Ingest:
             self._template = _JobTemplate(self.queue)
         return self._template
 
-    def submit(self, event: CallbackEvent) -> Outcome:
+    def submit(self, event: CallbackEvent, request_id: str | None = None) -> Outcome:
         """Queue one callback from a web request; concurrent requests share a round trip."""
         try:
-            return "queued" if self._group.submit(event) else "duplicate"
+            return "queued" if self._group.submit((event, request_id)) else "duplicate"
         except redis.RedisError as exc:
             log.warning("redis unavailable (%s); keeping callback %s in the inbox", type(exc).__name__, event.dedupe_key)
         try:
-            self.store.inbox_put(event.to_payload())
+            payload = event.to_payload()
+            if request_id:
+                payload[INBOX_REQUEST_ID] = request_id
+            self.store.inbox_put(payload)
         except Exception as exc:
             log.error("database unavailable too (%s); refusing callback %s", type(exc).__name__, event.dedupe_key)
             raise Unavailable(str(type(exc).__name__)) from exc
@@ -197,14 +207,16 @@ class Ingest:
         moved = 0
         while True:
             rows = self.store.inbox_take(batch)
-            events, done = [], []
+            items, done = [], []
             for row_id, payload in rows:
                 try:
-                    events.append(CallbackEvent.from_payload(payload))
+                    payload = dict(payload)
+                    request_id = payload.pop(INBOX_REQUEST_ID, None)
+                    items.append((CallbackEvent.from_payload(payload), request_id))
                     done.append(row_id)
                 except (TypeError, ValueError) as exc:
                     log.error("inbox row %s cannot be read (%s); left in the inbox", row_id, type(exc).__name__)
-            self.enqueue_many(events)
+            self.enqueue_many(items)
             self.store.inbox_delete(done)
             moved += len(done)
             if len(rows) < batch or not done:
