@@ -56,17 +56,11 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         )
         print(f"* SignalWire: sandbox at {sandbox.base_url} (no credentials set)")
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    # For a person reading the log (production writes one JSON object per line).
+    env.setdefault("LOG_FORMAT", "console")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
     return env
-
-
-def migrate(env: dict[str, str]) -> None:
-    from service.store.sql import Store
-
-    store = Store(env["DATABASE_URL"])
-    store.migrate()
-    store.dispose()
 
 
 def demo(base_url: str, token: str, timeout: float = 30.0) -> dict:
@@ -117,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"* Port {args.port} is taken; using {port} instead")
     with ExitStack() as resources:
         env = embedded_env(resources, port)
-        migrate(env)
         log_path = None
         if not args.verbose:
             INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
             log_path = str(INSTANCE_DIR / "local.log")
-        stack = resources.enter_context(Stack(env, port=port, workers=args.workers, log_path=log_path))
+        stack = Stack(env, port=port, workers=args.workers, log_path=log_path)
+        resources.callback(stack.stop)
+        stack.start(release=True)
         if log_path:
             print(f"* Logs of the web and worker processes: {log_path}")
         token = env["SERVICE_API_TOKEN"]
