@@ -74,14 +74,14 @@ def test_a_sane_request_id_is_kept_and_any_other_replaced(header, kept):
     got = request_id_from(header)
     assert (got == header) is kept
     if not kept:
-        assert uuid.UUID(got)
+        assert len(got) == 32 and int(got, 16) >= 0
 
 
 def test_request_id_is_returned_and_on_the_one_access_line(client, lines):
     response = client.get("/healthz", headers={"X-Request-ID": "heroku-request-0001"})
     assert response.headers["X-Request-ID"] == "heroku-request-0001"
     generated = client.get("/healthz?x=1", headers={"X-Request-ID": "bad id"}).headers["X-Request-ID"]
-    assert generated != "bad id" and uuid.UUID(generated)
+    assert generated != "bad id" and len(generated) == 32
     first, second = access_lines(lines())
     assert first == {**first, "event": "GET /healthz 200", "method": "GET", "path": "/healthz", "status": 200,
                      "request_id": "heroku-request-0001", "level": "info"}

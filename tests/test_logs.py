@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import time
 from datetime import datetime
 
 import pytest
@@ -103,6 +104,38 @@ def test_gunicorn_logconfig_sends_its_lines_through_the_same_formatter(lines):
     (line,) = lines()
     assert line["logger"] == "gunicorn.error" and line["event"] == "Listening at: http://127.0.0.1:1 ([REDACTED])"
     assert len([h for h in logging.getLogger().handlers if getattr(h, logs._MARK, None)]) == 1
+
+
+def test_lines_written_on_every_request_leave_in_batches_and_in_order(capsys):
+    """log_fields, when the root's one handler is ours (as in gunicorn, not under pytest's
+    capture handlers): the same line as logger.log(extra=...) writes, gathered and written
+    together, before any other line and within a tenth of a second."""
+    configure_logging("INFO", [SECRET], "json")
+    root = logging.getLogger()
+    others = [h for h in root.handlers if not getattr(h, logs._MARK, None)]
+    for handler in others:
+        root.removeHandler(handler)
+    log = logging.getLogger("tests.access")
+    try:
+        capsys.readouterr()
+        structlog.contextvars.bind_contextvars(request_id="req-9")
+        logs.log_fields(log, logging.INFO, "GET /a 200", {"path": "/a", "secret": SECRET})
+        logs.log_fields(log, logging.DEBUG, "below the level", {})
+        assert capsys.readouterr().out == ""  # gathered, not written yet
+        log.warning("a line of its own")  # writes what was gathered first
+        first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        log.info("GET /a 200", extra={"path": "/a", "secret": SECRET})
+        (reference,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert {**first, "time": None} == {**reference, "time": None}
+        assert first["secret"] == "[REDACTED]" and first["request_id"] == "req-9"
+        assert second["event"] == "a line of its own"
+        logs.log_fields(log, logging.INFO, "GET /b 200", {})
+        time.sleep(0.5)  # the timer writes it
+        assert json.loads(capsys.readouterr().out)["event"] == "GET /b 200"
+    finally:
+        structlog.contextvars.clear_contextvars()
+        for handler in others:
+            root.addHandler(handler)
 
 
 def test_short_values_are_not_treated_as_secrets():

@@ -5,7 +5,7 @@ be found together."""
 from __future__ import annotations
 
 import re
-import uuid
+import secrets
 
 HEADER = "X-Request-ID"
 # What may be copied into log lines and job data as is: no spaces, quotes or control characters.
@@ -16,4 +16,4 @@ def request_id_from(header: str | None) -> str:
     """The header's value when it is sane (at most 200 safe characters), else a new id."""
     if header and _SANE.fullmatch(header):
         return header
-    return str(uuid.uuid4())
+    return secrets.token_hex(16)  # 32 hex digits: cheaper to make than a UUID's text

@@ -19,7 +19,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from service.pipelines.ingest import Unavailable
 from service.domain.recordings import CallbackEvent
 from service.signalwire.signatures import verify_signature
-from service.web.access import callback_outcome, refuse, request_id
+from service.web.access import OUTCOME_HEADER, callback_outcome, refuse, request_id
 from service.web.errors import ApiError
 from service.web.schemas import callback_schema
 
@@ -134,5 +134,4 @@ def recording_status():
     except Unavailable:
         callback_outcome("unavailable")
         raise ApiError(503, "temporarily unable to accept callbacks; retry later", {"Retry-After": "5"})
-    callback_outcome(outcome)
-    return "", 204, {"X-Callback-Outcome": outcome}
+    return "", 204, {OUTCOME_HEADER: outcome}
