@@ -6,13 +6,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import e2e, ingest, memory, store_scale, worker
+from bench import e2e, ingest, memory, notify, store_scale, worker
 from bench.common import log, postgres_available, save_json
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("--only", default="ingest,worker,e2e,store,memory", help="comma list of benchmarks to run")
+    p.add_argument("--only", default="ingest,worker,e2e,store,memory",
+                   help="comma list of benchmarks to run (also: notify)")
     p.add_argument("--quick", action="store_true", help="smaller everything (a smoke run, ~2 minutes)")
     p.add_argument("--rows", type=int, default=None, help="store benchmark rows (default 500,000 to stay within 10 minutes; --quick 50,000)")
     p.add_argument("--callbacks", type=int, default=None, help="memory benchmark callbacks (default 10,000 here)")
@@ -39,6 +40,10 @@ def main(argv=None) -> None:
         r = [e2e.paced(k, 100, 10 if quick else 60, a.e2e_workers) for k in (dbs if not quick else ["sqlite"])]
         everything["e2e"] = r
         sections.append(e2e.table(r))
+    if "notify" in only:
+        r = [notify.run(k, 100, 10 if quick else 60, 2) for k in (dbs if not quick else ["sqlite"])]
+        everything["notify"] = r
+        sections.append(notify.table(r))
     if "store" in only:
         rows = a.rows or (50_000 if quick else 500_000)  # 1,000,000: python -m bench.store_scale
         r = [store_scale.run(k, rows, 100 if quick else 200, 1 if quick else 3) for k in dbs]

@@ -36,9 +36,11 @@ QUEUE_KEY = "rq:queue:recordings"
 class Harness:
     """Redis + sandbox + database + Stack, with a signed-callback sender and a store poller."""
 
-    def __init__(self, tmp, db_kind: str, recordings: int, workers: int = 1, web_concurrency: int = 2):
+    def __init__(self, tmp, db_kind: str, recordings: int, workers: int = 1, web_concurrency: int = 2,
+                 **settings):
         self.tmp, self.db_kind, self.recordings = tmp, db_kind, recordings
         self.workers, self.web_concurrency = workers, web_concurrency
+        self.settings = settings  # more environment for the stack (NOTIFY_ALLOW_PRIVATE=true, ...)
 
     def __enter__(self):
         self.redis_server = EmbeddedRedis().start()
@@ -49,7 +51,7 @@ class Harness:
         self.db_url = self._db.__enter__()
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = service_env(self.redis_server.url, self.db_url, self.sandbox.base_url, self.port)
+        env = service_env(self.redis_server.url, self.db_url, self.sandbox.base_url, self.port, **self.settings)
         self.stack = Stack(env, port=self.port, workers=self.workers, web_concurrency=self.web_concurrency,
                            log_path=str(self.tmp / "stack.log")).start(timeout=60)
         self.store = Store(self.db_url)

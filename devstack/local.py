@@ -44,6 +44,8 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         env["REDIS_URL"] = resources.enter_context(EmbeddedRedis()).url
         print(f"* Redis: embedded server at {env['REDIS_URL']}")
     env.setdefault("DATABASE_URL", default_database_url())
+    # Each completed recording's audio is archived under instance/ (a folder, verified by reading back).
+    env.setdefault("MEDIA_STORAGE_URL", f"file://{(INSTANCE_DIR / 'media').resolve()}")
     if not (env.get("SIGNALWIRE_PROJECT_ID") and env.get("SIGNALWIRE_API_TOKEN")):
         from devstack import sandbox as sb
 
@@ -59,7 +61,10 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
     # For a person reading the log (production writes one JSON object per line).
     env.setdefault("LOG_FORMAT", "console")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
+    # Notification endpoints on this machine (http://127.0.0.1:...) are what a local run has.
+    env.setdefault("NOTIFY_ALLOW_PRIVATE", "true")
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
+    print(f"* Media archive: {env['MEDIA_STORAGE_URL']}")
     return env
 
 
@@ -120,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.start(release=True)
         if log_path:
             print(f"* Logs of the web and worker processes: {log_path}")
-        token = env["SERVICE_API_TOKEN"]
-        print(f"* Web: {stack.base_url}")
+        token = env["SERVICE_API_TOKEN"].split(",")[0].strip()  # the first, if several are set
+        print(f"* Web: {stack.base_url} (API reference: {stack.base_url}/api/docs)")
         # A local run's own token (or the one SERVICE_API_TOKEN chose): printing it is the point.
         print(f"* API token: {token}")
         demo(stack.base_url, token)

@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_services(app, settings)
     register_access(app)
     register_blueprints(app)
+    register_api(app)
     register_error_handlers(app)
     return app
 
@@ -35,6 +36,10 @@ def register_logging(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.secrets, settings.log_format)
     if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
         log.warning("!!! ALLOW_UNSIGNED_WEBHOOKS is on: recording callbacks are NOT verified. Never do this in production. !!!")
+    if settings.notify_allow_private:
+        from service.notify.addresses import ALLOW_PRIVATE_WARNING
+
+        log.warning(ALLOW_PRIVATE_WARNING)
 
 
 def register_services(app: Flask, settings: Settings) -> None:
@@ -49,17 +54,36 @@ def register_services(app: Flask, settings: Settings) -> None:
 def register_access(app: Flask) -> None:
     from service.web import access
 
-    # Before the blueprints' own hooks: every request has its id before anything can log.
+    # Around the whole app: every request has its id before anything can log.
     access.register(app)
 
 
 def register_blueprints(app: Flask) -> None:
-    from service.web import api, health, metrics, webhooks
+    from service.web import health, metrics
 
     app.register_blueprint(health.bp)
-    app.register_blueprint(metrics.bp)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(metrics.bp)  # operational, not part of the API's document
+
+
+def register_api(app: Flask):
+    """The API's routes and the webhook, each in the OpenAPI document (service/web/openapi.py)."""
+    from service.web import api as recordings, endpoints, media, webhooks
+    from service.web.openapi import create_api
+
+    api = create_api(app)
+    api.register_blueprint(recordings.blp)
+    api.register_blueprint(media.blp)
+    api.register_blueprint(endpoints.blp)
+    api.register_blueprint(webhooks.bp)
+    return api
+
+
+def openapi_document() -> str:
+    """The OpenAPI document as JSON text, built without configuration or connections (it
+    depends on the code alone): `python -m service openapi` and docs/openapi.json."""
+    from service.web.openapi import document_text
+
+    return document_text(register_api(Flask(__name__)))
 
 
 def register_error_handlers(app: Flask) -> None:

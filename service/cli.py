@@ -17,11 +17,15 @@ from service.observability.logs import configure_logging
 log = logging.getLogger("service.cli")
 
 
-def _settings():
+def _checked_settings():
     try:
-        settings = load_settings()
+        return load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc))
+
+
+def _settings():
+    settings = _checked_settings()
     configure_logging(settings.log_level, settings.secrets, settings.log_format)
     return settings
 
@@ -73,6 +77,40 @@ def doctor() -> None:
         sys.exit(1)
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def web(gunicorn_args: tuple[str, ...]) -> None:
+    """Run the web process (the Procfile's web line): gunicorn serving the app with
+    service/gunicorn_conf.py, once the configuration is checked. Extra arguments go to gunicorn."""
+    # Before anything imports prometheus_client (it decides on import where counts go).
+    from service.observability import multiprocess
+
+    multiprocess.prepare()
+    # Checked before gunicorn is imported: gunicorn parses WEB_CONCURRENCY on import with a
+    # bare int(), and a bad value would end in its traceback instead of this message.
+    _checked_settings()
+    from gunicorn.app.wsgiapp import run
+
+    sys.argv = ["gunicorn", "service:create_app()", "-c", "python:service.gunicorn_conf", *gunicorn_args]
+    run(prog="gunicorn")
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="Write it to this file (docs/openapi.json is the committed copy) instead of printing it.")
+def openapi(output: str | None) -> None:
+    """Print the API's OpenAPI document (no configuration needed)."""
+    from service import openapi_document
+
+    text = openapi_document()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    with open(output, "w", encoding="utf-8") as file:
+        file.write(text)
+    click.echo(f"wrote {output}")
+
+
 def _services(settings):
     from service.services import Services
 
@@ -97,6 +135,7 @@ def sweep_command(list_hours: int | None, older_than: int | None) -> None:
             services.redis,
             older_than_seconds=settings.sweep_after if older_than is None else older_than,
             list_hours=settings.sweep_list_hours if list_hours is None else list_hours,
+            archive=services.enqueue_archive if settings.media_storage_url else None,
         )
     finally:
         _relay_metrics(services)
@@ -132,6 +171,7 @@ def _failed_jobs(services):
 def _describe(job) -> dict:
     """What an operator needs about one dead letter."""
     from service.domain.recordings import CallbackEvent
+    from workers import rq_adapter
 
     sid = status = "?"
     try:
@@ -140,11 +180,11 @@ def _describe(job) -> dict:
             event = CallbackEvent.from_payload(payload)
             sid, status = event.recording_sid, event.status
     except Exception:
+        pass
+    if sid == "?":  # an archive job ("recording <sid> media"), or a payload this release cannot read
         parts = (job.description or "").split()
         if len(parts) >= 3 and parts[0] == "recording":
             sid, status = parts[1], parts[2]
-    configured = len(job.retry_intervals or ())
-    attempts = max(configured - (job.retries_left or 0), 0) + 1
     result = job.latest_result()
     exc = (result.exc_string if result is not None else None) or ""
     lines = [line.strip() for line in exc.strip().splitlines() if line.strip()]
@@ -153,7 +193,7 @@ def _describe(job) -> dict:
         "id": job.id,
         "recording_sid": sid,
         "status": status,
-        "attempts": attempts,
+        "attempts": rq_adapter.attempts(job),
         "recoveries": int((job.meta or {}).get("recoveries", 0)),
         "error": lines[-1] if lines else "",
         "failed_at": failed_at.isoformat() if failed_at else "",
@@ -162,35 +202,51 @@ def _describe(job) -> dict:
 
 @main.command()
 def failed() -> None:
-    """List permanently failed jobs (retries exhausted): the dead letters."""
+    """List permanently failed jobs (the dead letters), then the inbox rows set aside."""
     settings = _settings()
     services = _services(settings)
     try:
         rows = [_describe(job) for job in _failed_jobs(services)]
+        set_aside = services.store.inbox_set_aside()
     finally:
         services.close()
     if not rows:
         click.echo("no failed jobs")
-        return
     for row in rows:
         extra = f" recoveries={row['recoveries']}" if row["recoveries"] else ""
         click.echo(
             f"{row['id']}  recording={row['recording_sid']} status={row['status']} attempts={row['attempts']}"
             f"{extra} failed_at={row['failed_at']}\n    error: {row['error']}"
         )
-    click.echo(f"{len(rows)} failed job(s); `replay JOB_ID` or `replay --all` runs them again")
+    if rows:
+        click.echo(f"{len(rows)} failed job(s); `replay JOB_ID` or `replay --all` runs them again")
+    for row in set_aside:
+        click.echo(
+            f"inbox row {row['id']}  received_at={row['created_at']} tries={row['attempts']} "
+            f"set_aside_at={row['set_aside_at']}\n    error: {row['last_error']}"
+        )
+    if set_aside:
+        click.echo(f"{len(set_aside)} inbox row(s) set aside, callbacks kept while Redis was down that could not be "
+                   "read; `replay --inbox ROW_ID` or `replay --inbox --all` hands them to the drain again")
 
 
 @main.command()
 @click.argument("job_ids", nargs=-1)
-@click.option("--all", "replay_all", is_flag=True, help="Replay every failed job.")
-def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
-    """Requeue failed jobs (RQ's requeue; the callback dedupe does not apply), with fresh retries."""
+@click.option("--all", "replay_all", is_flag=True, help="Replay every failed job (or set-aside inbox row).")
+@click.option("--inbox", is_flag=True, help="The ids are inbox rows set aside: the drain tries them again.")
+def replay(job_ids: tuple[str, ...], replay_all: bool, inbox: bool) -> None:
+    """Requeue failed jobs (RQ's requeue; the callback dedupe does not apply), with fresh retries;
+    with --inbox, hand inbox rows set aside back to the drain."""
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import Job
 
+    from workers import rq_adapter
+
     if bool(job_ids) == replay_all:
         raise click.UsageError("give JOB_ID(s) or --all")
+    if inbox:
+        _release_inbox(None if replay_all else job_ids)
+        return
     settings = _settings()
     services = _services(settings)
     registry = services.queue.failed_job_registry
@@ -200,8 +256,7 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
         for job_id in ids:
             try:
                 job = Job.fetch(job_id, connection=services.redis, serializer=services.queue.serializer)
-                if job.retry_intervals:
-                    job.retries_left = len(job.retry_intervals)  # a replay gets the full retry policy again
+                rq_adapter.restore_retries(job)  # a replay gets the full retry policy again
                 job.meta.pop("recoveries", None)
                 registry.requeue(job)
             except (NoSuchJobError, InvalidJobOperation):
@@ -214,6 +269,82 @@ def replay(job_ids: tuple[str, ...], replay_all: bool) -> None:
     click.echo(f"replayed {len(ids) - problems} job(s)")
     if problems:
         sys.exit(1)
+
+
+def _release_inbox(row_ids: tuple[str, ...] | None) -> None:
+    if row_ids is not None and not all(row_id.isdigit() for row_id in row_ids):
+        raise click.UsageError("inbox row ids are numbers")
+    wanted = None if row_ids is None else [int(row_id) for row_id in row_ids]
+    services = _services(_settings())
+    try:
+        released = services.store.inbox_release(wanted)
+    finally:
+        services.close()
+    for row_id in released:
+        click.echo(f"inbox row {row_id}: handed to the drain again")
+    missing = sorted(set(wanted or ()) - set(released))
+    for row_id in missing:
+        click.echo(f"inbox row {row_id}: not set aside", err=True)
+    click.echo(f"released {len(released)} inbox row(s)")
+    if missing:
+        sys.exit(1)
+
+
+@main.group()
+def deliveries() -> None:
+    """Notification deliveries: send failed ones again (the database is all they need)."""
+
+
+def _database_store():
+    from service.config import load_database_url
+    from service.store.sql import Store
+
+    try:
+        return Store(load_database_url())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+
+
+@deliveries.command("replay")
+@click.argument("delivery_ids", nargs=-1, required=True)
+def replay_deliveries(delivery_ids: tuple[str, ...]) -> None:
+    """Send deliveries again (same webhook-id and body, the whole retry schedule)."""
+    store = _database_store()
+    missing = 0
+    try:
+        for delivery_id in delivery_ids:
+            if store.notifications.replay(delivery_id) is None:
+                click.echo(f"{delivery_id}: no such delivery", err=True)
+                missing += 1
+            else:
+                click.echo(f"{delivery_id}: due again")
+    finally:
+        store.dispose()
+    if missing:
+        sys.exit(1)
+
+
+@deliveries.command("replay-failed")
+@click.argument("endpoint_id")
+@click.option("--since", required=True, type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%dT%H:%M:%S",
+                                                                     "%Y-%m-%d"]),
+              help="Replay failed deliveries created at or after this time (UTC unless it has an offset).")
+def replay_failed_deliveries(endpoint_id: str, since) -> None:
+    """Send every failed delivery of an endpoint created since a time again."""
+    from datetime import timezone
+
+    since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    store = _database_store()
+    try:
+        endpoint = store.notifications.get_endpoint(endpoint_id)
+        if endpoint is None:
+            raise click.ClickException(f"no endpoint {endpoint_id}")
+        if endpoint["disabled"]:
+            raise click.ClickException(f"endpoint {endpoint_id} is disabled; enable it first")
+        count = store.notifications.replay_failed(endpoint_id, since)
+    finally:
+        store.dispose()
+    click.echo(f"replayed {count} failed deliveries of {endpoint_id}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from service.notify.events import RETRY_SCHEDULE
+
 INSTANCE_DIR = Path(os.environ.get("INSTANCE_PATH", Path.cwd() / "instance"))
 # Plain http sends the Basic credentials in clear text: only to a sandbox on this machine.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -26,17 +28,35 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """What the gunicorn configuration needs (service/gunicorn_conf.py): checked on its own,
+    because gunicorn reads its configuration before it loads the app, whose own check
+    (load_settings) names every other problem."""
+
+    port: int = 5000
+    web_concurrency: int = 2
+    # gunicorn gthread threads per web process.
+    gunicorn_threads: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     signalwire_space: str
     signalwire_project_id: str
     signalwire_api_token: str = dataclasses.field(repr=False)
     signalwire_signing_keys: tuple[str, ...] = dataclasses.field(repr=False)
     public_base_url: str
-    service_api_token: str = dataclasses.field(repr=False)
+    # Several during a rotation: each is accepted (see service.web.auth).
+    service_api_tokens: tuple[str, ...] = dataclasses.field(repr=False)
     redis_url: str
     database_url: str
-    port: int = 5000
-    web_concurrency: int = 2
+    port: int = WebSettings.port
+    web_concurrency: int = WebSettings.web_concurrency
+    gunicorn_threads: int = WebSettings.gunicorn_threads
+    # Connections each SQLAlchemy engine keeps, and how many more it may open in a burst. A
+    # web process has one engine, a worker process two (README, "Database connections").
+    database_pool_size: int = 3
+    database_max_overflow: int = 3
     # Opt-out for local experiments only: accept unsigned callbacks (logged loudly).
     allow_unsigned_webhooks: bool = False
     queue_name: str = "recordings"
@@ -59,6 +79,23 @@ class Settings:
     log_format: str = "json"
     # Bearer token for GET /metrics; unset, /metrics answers 404 (a Heroku app is public).
     metrics_token: str = dataclasses.field(default="", repr=False)
+    # Outbound notifications (service.notify): plain http and private addresses allowed (local
+    # run and tests only, logged loudly); the retry delays after each failed attempt; one
+    # attempt's timeout; deliveries in flight per worker; how often a worker looks for due ones.
+    notify_allow_private: bool = False
+    notify_retry_schedule: tuple[float, ...] = RETRY_SCHEDULE
+    notify_timeout: int = 15
+    notify_concurrency: int = 8
+    notify_poll_interval: int = 1
+    # The media archive (service.media): where copies go (None: no archiving), which format is
+    # downloaded, whether the recording is deleted at SignalWire once its copy is verified, and
+    # how a copy in S3 is verified. The storage's own secrets are read here only to keep them
+    # out of logs (boto3 reads its variables itself).
+    media_storage_url: str | None = None
+    media_format: str = "wav"
+    media_delete_after_archive: bool = False
+    media_verify: str = "checksum"
+    storage_secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def callback_url(self) -> str:
@@ -69,8 +106,8 @@ class Settings:
         """Every secret value, for log redaction."""
         url_passwords = [form for name in PASSWORD_URLS for form in url_password_forms(getattr(self, name))]
         return tuple(
-            s for s in (self.signalwire_api_token, self.service_api_token, self.metrics_token,
-                        *self.signalwire_signing_keys, *url_passwords) if s
+            s for s in (self.signalwire_api_token, *self.service_api_tokens, self.metrics_token,
+                        *self.signalwire_signing_keys, *url_passwords, *self.storage_secrets) if s
         )
 
     def __repr__(self) -> str:
@@ -105,7 +142,8 @@ def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
     return parts.scheme in schemes and bool(parts.hostname)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], minimum: int = 0,
+         maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw in (None, ""):
         return default
@@ -116,6 +154,8 @@ def _int(env: Mapping[str, str], name: str, default: int, problems: list[str], m
         return default
     if value < minimum:
         problems.append(f"{name} must be at least {minimum} (got {value})")
+    elif maximum is not None and value > maximum:
+        problems.append(f"{name} must be at most {maximum} (got {value})")
     return value
 
 
@@ -160,6 +200,42 @@ def _log_problems(env: Mapping[str, str]) -> list[str]:
     return problems
 
 
+def _web_values(env: Mapping[str, str], problems: list[str]) -> dict[str, int]:
+    return dict(
+        port=_int(env, "PORT", WebSettings.port, problems, minimum=1, maximum=65535),
+        web_concurrency=_int(env, "WEB_CONCURRENCY", WebSettings.web_concurrency, problems, minimum=1),
+        gunicorn_threads=_int(env, "GUNICORN_THREADS", WebSettings.gunicorn_threads, problems, minimum=1),
+    )
+
+
+def load_web_settings(env: Mapping[str, str] | None = None) -> WebSettings:
+    """PORT, WEB_CONCURRENCY and GUNICORN_THREADS only, checked as load_settings checks them."""
+    problems: list[str] = []
+    values = _web_values(os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return WebSettings(**values)
+
+
+def _schedule(env: Mapping[str, str], name: str, default: tuple[float, ...], problems: list[str]) -> tuple[float, ...]:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        delays = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        problems.append(f"{name} must be comma-separated seconds, such as 0,5,300 (got {raw!r})")
+        return default
+    if not all(0 <= d <= 7 * 86400 for d in delays):
+        problems.append(f"{name} delays must be between 0 and 604800 seconds (got {raw!r})")
+    return delays
+
+
+def _list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting (several keys or tokens during a rotation)."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'recordings.sqlite3'}"
 
@@ -201,7 +277,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     api_token = required("SIGNALWIRE_API_TOKEN")
 
     allow_unsigned = _flag(env, "ALLOW_UNSIGNED_WEBHOOKS", problems)
-    keys = tuple(k.strip() for k in (env.get("SIGNALWIRE_SIGNING_KEY") or "").split(",") if k.strip())
+    keys = _list(env.get("SIGNALWIRE_SIGNING_KEY") or "")
     if not keys and not allow_unsigned:
         problems.append(
             "SIGNALWIRE_SIGNING_KEY is not set (set ALLOW_UNSIGNED_WEBHOOKS=true to run without "
@@ -216,9 +292,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         # that path would no longer be the path.
         problems.append("PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)")
 
-    service_token = required("SERVICE_API_TOKEN")
-    if service_token and len(service_token) < 16:
-        problems.append("SERVICE_API_TOKEN must be at least 16 characters")
+    raw_tokens = required("SERVICE_API_TOKEN")
+    service_tokens = _list(raw_tokens)
+    if raw_tokens and not service_tokens:
+        problems.append("SERVICE_API_TOKEN is not set (only commas and spaces)")
+    short = sum(len(token) < 16 for token in service_tokens)
+    if short:  # which one is never said: the message must not help guess a token
+        problems.append(f"SERVICE_API_TOKEN must be at least 16 characters, each token if several ({short} of "
+                        f"{len(service_tokens)} not)")
 
     redis_url = required("REDIS_URL")
     if redis_url and not _url_ok(redis_url, ("redis", "rediss", "unix")) and not redis_url.startswith("unix:"):
@@ -227,8 +308,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     database_url = _database_url(env, problems)
 
     settings = dict(
-        port=_int(env, "PORT", 5000, problems, minimum=1),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", 2, problems, minimum=1),
+        **_web_values(env, problems),
+        database_pool_size=_int(env, "DATABASE_POOL_SIZE", Settings.database_pool_size, problems, minimum=1),
+        database_max_overflow=_int(env, "DATABASE_MAX_OVERFLOW", Settings.database_max_overflow, problems, minimum=0),
         dedupe_ttl=_int(env, "DEDUPE_TTL", 24 * 3600, problems, minimum=60),
         sweep_interval=_int(env, "SWEEP_INTERVAL", 300, problems, minimum=0),
         sweep_after=_int(env, "SWEEP_AFTER", 600, problems, minimum=0),
@@ -236,12 +318,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         inbox_drain_interval=_int(env, "INBOX_DRAIN_INTERVAL", 2, problems, minimum=1),
         recovery_interval=_int(env, "RECOVERY_INTERVAL", 3, problems, minimum=1),
         worker_alive_ttl=_int(env, "WORKER_ALIVE_TTL", 8, problems, minimum=3),
+        notify_allow_private=_flag(env, "NOTIFY_ALLOW_PRIVATE", problems),
+        notify_retry_schedule=_schedule(env, "NOTIFY_RETRY_SCHEDULE", RETRY_SCHEDULE, problems),
+        notify_timeout=_int(env, "NOTIFY_TIMEOUT", 15, problems, minimum=1),
+        notify_concurrency=_int(env, "NOTIFY_CONCURRENCY", 8, problems, minimum=1),
+        notify_poll_interval=_int(env, "NOTIFY_POLL_INTERVAL", 1, problems, minimum=1),
     )
     queue_name = (env.get("RQ_QUEUE") or "recordings").strip()
     problems += _log_problems(env)
     metrics_token = (env.get("METRICS_TOKEN") or "").strip()
     if metrics_token and len(metrics_token) < 16:
         problems.append("METRICS_TOKEN must be at least 16 characters (or unset, which turns /metrics off)")
+
+    media = _media_settings(env, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -251,7 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         signalwire_api_token=api_token,
         signalwire_signing_keys=keys,
         public_base_url=public_base_url,
-        service_api_token=service_token,
+        service_api_tokens=service_tokens,
         redis_url=redis_url,
         database_url=database_url,
         allow_unsigned_webhooks=allow_unsigned,
@@ -260,4 +349,45 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_log_format(env),
         metrics_token=metrics_token,
         **settings,
+        **media,
     )
+
+
+def _media_settings(env: Mapping[str, str], problems: list[str]) -> dict:
+    from service.media.storage import VERIFY_MODES, parse_location
+
+    url = (env.get("MEDIA_STORAGE_URL") or "").strip() or None
+    if url is not None:
+        try:
+            parse_location(url)
+        except ValueError as exc:
+            problems.append(f"MEDIA_STORAGE_URL {exc}")
+        else:
+            if url.startswith("s3:"):
+                _s3_settings(env, problems)
+    fmt = (env.get("MEDIA_FORMAT") or "wav").strip().lower()
+    if fmt not in ("wav", "mp3"):
+        problems.append(f"MEDIA_FORMAT must be wav or mp3 (got {fmt!r})")
+    verify = (env.get("MEDIA_VERIFY") or "checksum").strip().lower()
+    if verify not in VERIFY_MODES:
+        problems.append(f"MEDIA_VERIFY must be {' or '.join(VERIFY_MODES)} (got {verify!r})")
+    delete = _flag(env, "MEDIA_DELETE_AFTER_ARCHIVE", problems)
+    if delete and url is None:
+        problems.append("MEDIA_DELETE_AFTER_ARCHIVE needs MEDIA_STORAGE_URL: nothing would be archived first")
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    return dict(media_storage_url=url, media_format=fmt, media_delete_after_archive=delete, media_verify=verify,
+                storage_secrets=(secret,) if secret else ())
+
+
+# boto3 reads its own variables (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+# AWS_REGION); for an s3:// storage they are checked here, so a typo stops the start.
+def _s3_settings(env: Mapping[str, str], problems: list[str]) -> None:
+    endpoint = (env.get("AWS_ENDPOINT_URL") or "").strip()
+    if endpoint and not _url_ok(endpoint, ("http", "https")):
+        problems.append("AWS_ENDPOINT_URL must be an http(s) URL, such as https://<account>.r2.cloudflarestorage.com")
+    if bool(env.get("AWS_ACCESS_KEY_ID")) != bool(env.get("AWS_SECRET_ACCESS_KEY")):
+        problems.append("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are set together, or neither "
+                        "(boto3 then looks for credentials elsewhere)")
+    region = (env.get("AWS_REGION") or "").strip()
+    if region and not region.replace("-", "").isalnum():
+        problems.append(f"AWS_REGION must be a region name such as us-east-1 (got {region!r})")

@@ -14,7 +14,9 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from service.config import Settings
+from service.media.storage import Storage, open_storage
 from service.signalwire.client import SignalWireClient, space_base_url
+from service.store.idempotency import IdempotencyKeys
 from service.store.sql import Store
 
 
@@ -54,7 +56,12 @@ class Services:
 
     @functools.cached_property
     def store(self) -> Store:
-        return Store(self.settings.database_url)
+        return Store(self.settings.database_url, pool_size=self.settings.database_pool_size,
+                     max_overflow=self.settings.database_max_overflow)
+
+    @functools.cached_property
+    def idempotency(self) -> IdempotencyKeys:
+        return IdempotencyKeys(self.store)
 
     @functools.cached_property
     def signalwire(self) -> SignalWireClient:
@@ -64,11 +71,23 @@ class Services:
             self.settings.signalwire_api_token,
         )
 
+    @functools.cached_property
+    def storage(self) -> Storage | None:
+        """The media archive's storage; None when archiving is off (no MEDIA_STORAGE_URL)."""
+        url = self.settings.media_storage_url
+        return open_storage(url, self.settings.media_verify) if url else None
+
+    def enqueue_archive(self, sid: str) -> bool:
+        from service.media.pipeline import enqueue_archive
+
+        return enqueue_archive(self.queue, self.store, sid)
+
     def close(self) -> None:
-        for name in ("redis", "store", "signalwire"):
+        for name in ("redis", "store", "signalwire", "storage"):
             obj = self.__dict__.pop(name, None)
             if obj is None:
                 continue
             close = getattr(obj, "close", None) or getattr(obj, "dispose", None)
             close()
         self.__dict__.pop("queue", None)
+        self.__dict__.pop("idempotency", None)

@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.sandbox",
     "tests.fixtures.app",
+    "tests.fixtures.webhook_receiver",
+    "tests.fixtures.s3",
 ]

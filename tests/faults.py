@@ -33,7 +33,12 @@ def report(name: str, **counts) -> None:
 
 
 class TcpProxy:
-    """127.0.0.1:<port> → upstream. `down()` refuses and drops every connection; `up()` restores."""
+    """127.0.0.1:<port> → upstream. `down()` refuses and drops every connection; `up()` restores.
+
+    `stall_next(after_replies)` makes the next connection go half-open once upstream has
+    answered that many times, as a failover leaves a client's connection: the upstream side
+    is closed, while the client side stays open and silent (what it sends goes nowhere, and
+    neither an answer nor a close ever comes)."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -42,6 +47,8 @@ class TcpProxy:
         self._listener.bind(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._conns: set[socket.socket] = set()
+        self._stalled: set[socket.socket] = set()  # client sides kept open, never read or closed
+        self._stall_next: int | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._listen()
@@ -72,25 +79,36 @@ class TcpProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._conns.update((client, server))
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                stall_after, self._stall_next = self._stall_next, None
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, stall_after), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, stall_after: int | None = None) -> None:
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
+                if stall_after is not None:
+                    stall_after -= 1
+                    if stall_after <= 0:
+                        with self._lock:
+                            self._stalled.add(dst)
+                        src.shutdown(socket.SHUT_RDWR)  # the other pump stops too, leaving dst open
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            with self._lock:
+                ends = [s for s in (src, dst) if s not in self._stalled]
+                self._conns.difference_update(ends)
+            for s in ends:
                 try:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
                 s.close()
-            with self._lock:
-                self._conns.discard(src)
-                self._conns.discard(dst)
+
+    def stall_next(self, after_replies: int = 1) -> None:
+        with self._lock:
+            self._stall_next = after_replies
 
     def down(self) -> None:
         listener, self._listener = self._listener, None
@@ -111,6 +129,10 @@ class TcpProxy:
 
     def close(self) -> None:
         self.down()
+        with self._lock:
+            stalled, self._stalled = list(self._stalled), set()
+        for s in stalled:
+            s.close()
 
 
 def callback_forms(project_id: str, recordings: list[dict], base_url: str, statuses=("in-progress", "completed")):

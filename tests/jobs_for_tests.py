@@ -24,3 +24,13 @@ def quick(value: str = "ok") -> str:
 
 def always_fails(message: str = "boom") -> None:
     raise RuntimeError(message)
+
+
+def gives_up(message: str = "cannot be fixed by retrying") -> None:
+    """Counts its runs, then fails for good through the adapter."""
+    from workers import rq_adapter
+
+    job = get_current_job()
+    job.connection.incr(f"test:runs:{job.id}")
+    rq_adapter.give_up_retries()
+    raise RuntimeError(message)

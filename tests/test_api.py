@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from service import create_app
+from service.config import load_settings
 from service.signalwire.client import SignalWireClient
 from service.store.sql import encode_cursor
 from tests.fixtures.app import API_TOKEN, PUBLIC_BASE_URL
@@ -33,6 +35,19 @@ def test_missing_or_wrong_token_is_401_and_nothing_reaches_signalwire(client, sa
     assert response.get_json()["error"]["message"] == "missing or invalid bearer token"
     assert sandbox.recordings == {}
     assert client.get("/api/recordings", headers=headers).status_code == 401
+
+
+def test_every_configured_token_is_accepted_for_a_rotation(env, store, sandbox):
+    old, new = "old-api-token-0123456789", "new-api-token-0123456789"
+    app = create_app(load_settings(dict(env, SERVICE_API_TOKEN=f"{old},{new}")))
+    try:
+        client = app.test_client()
+        for token in (old, new):
+            assert client.get("/api/recordings", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        for token in (old + "x", new[:-1], f"{old},{new}", ""):
+            assert client.get("/api/recordings", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    finally:
+        app.extensions["services"].close()
 
 
 def test_start_with_defaults_sends_every_parameter_and_stores_it(client, auth, sandbox):

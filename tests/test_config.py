@@ -1,6 +1,6 @@
 import pytest
 
-from service.config import ConfigError, load_settings
+from service.config import ConfigError, WebSettings, load_settings, load_web_settings
 
 GOOD = {
     "SIGNALWIRE_SPACE": "example.signalwire.com",
@@ -42,6 +42,17 @@ def test_secrets_never_appear_in_errors_or_repr():
     for secret in ("PTsecret-api-token-value", "PSK_old_key_value", "short"):
         assert secret not in str(info.value).replace("SERVICE_API_TOKEN must", "")
         assert secret not in repr(settings)
+
+
+def test_several_api_tokens_for_a_rotation_each_at_least_16_characters():
+    settings = load_settings(dict(GOOD, SERVICE_API_TOKEN=" old-token-0123456789 , new-token-0123456789,"))
+    assert settings.service_api_tokens == ("old-token-0123456789", "new-token-0123456789")
+    assert "old-token-0123456789" in settings.secrets and "new-token-0123456789" in settings.secrets
+    with pytest.raises(ConfigError, match="1 of 2 not") as info:
+        load_settings(dict(GOOD, SERVICE_API_TOKEN="old-token-0123456789,tiny-token"))
+    assert "tiny-token" not in str(info.value) and "old-token" not in str(info.value)
+    with pytest.raises(ConfigError, match="SERVICE_API_TOKEN is not set"):
+        load_settings(dict(GOOD, SERVICE_API_TOKEN=" , "))
 
 
 def test_signing_key_required_unless_explicitly_opted_out():
@@ -92,3 +103,84 @@ def test_public_base_url_with_query_or_fragment_is_refused(url):
     with pytest.raises(ConfigError) as info:
         load_settings(dict(GOOD, PUBLIC_BASE_URL=url))
     assert info.value.problems == ["PUBLIC_BASE_URL must not have a query string (?) or a fragment (#)"]
+
+
+def test_pool_settings_have_defaults_and_are_checked():
+    settings = load_settings(GOOD)
+    assert (settings.database_pool_size, settings.database_max_overflow) == (3, 3)
+    settings = load_settings(dict(GOOD, DATABASE_POOL_SIZE="10", DATABASE_MAX_OVERFLOW="0"))
+    assert (settings.database_pool_size, settings.database_max_overflow) == (10, 0)
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, DATABASE_POOL_SIZE="0", DATABASE_MAX_OVERFLOW="-1"))
+    assert info.value.problems == ["DATABASE_POOL_SIZE must be at least 1 (got 0)",
+                                   "DATABASE_MAX_OVERFLOW must be at least 0 (got -1)"]
+
+
+def test_web_settings_have_defaults_and_are_checked():
+    settings = load_settings(dict(GOOD, GUNICORN_THREADS="8"))
+    assert (settings.port, settings.web_concurrency, settings.gunicorn_threads) == (5000, 2, 8)
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, WEB_CONCURRENCY="0", GUNICORN_THREADS="x", PORT="65536"))
+    assert info.value.problems == [
+        "PORT must be at most 65535 (got 65536)",
+        "WEB_CONCURRENCY must be at least 1 (got 0)",
+        "GUNICORN_THREADS must be a whole number (got 'x')",
+    ]
+
+
+def test_web_settings_are_checked_alone_as_the_full_check_does():
+    """gunicorn's configuration reads these before the app checks the rest."""
+    assert load_web_settings({}) == WebSettings(port=5000, web_concurrency=2, gunicorn_threads=16)
+    web = load_web_settings({"PORT": "8080", "WEB_CONCURRENCY": "4", "GUNICORN_THREADS": "8"})
+    assert (web.port, web.web_concurrency, web.gunicorn_threads) == (8080, 4, 8)
+    bad = {"WEB_CONCURRENCY": "abc", "GUNICORN_THREADS": "0"}
+    with pytest.raises(ConfigError) as alone:
+        load_web_settings(bad)
+    with pytest.raises(ConfigError) as full:
+        load_settings(dict(GOOD, **bad))
+    assert alone.value.problems == full.value.problems == [
+        "WEB_CONCURRENCY must be a whole number (got 'abc')", "GUNICORN_THREADS must be at least 1 (got 0)"]
+
+
+def test_media_archive_is_off_unless_a_storage_url_is_set():
+    settings = load_settings(GOOD)
+    assert settings.media_storage_url is None and not settings.media_delete_after_archive
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://team-recordings/calls/", MEDIA_FORMAT="MP3",
+                                  MEDIA_DELETE_AFTER_ARCHIVE="true", MEDIA_VERIFY="read"))
+    assert settings.media_storage_url == "s3://team-recordings/calls/"
+    assert (settings.media_format, settings.media_delete_after_archive, settings.media_verify) == ("mp3", True, "read")
+    assert load_settings(dict(GOOD, MEDIA_STORAGE_URL="file:///srv/media")).media_verify == "checksum"
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"MEDIA_STORAGE_URL": "s3://A_Bad_Bucket/x"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file://relative/path"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "gs://bucket"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "s3://bucket/x?versioning=1"}, "MEDIA_STORAGE_URL"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_FORMAT": "ogg"}, "MEDIA_FORMAT"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_VERIFY": "trust"}, "MEDIA_VERIFY"),
+    ({"MEDIA_DELETE_AFTER_ARCHIVE": "true"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+    ({"MEDIA_STORAGE_URL": "file:///srv/m", "MEDIA_DELETE_AFTER_ARCHIVE": "maybe"}, "MEDIA_DELETE_AFTER_ARCHIVE"),
+])
+def test_bad_media_settings_are_named(env, named):
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(GOOD, **env))
+    assert len(info.value.problems) == 1 and named in info.value.problems[0]
+
+
+def test_storage_secret_is_redacted_but_never_shown():
+    settings = load_settings(dict(GOOD, MEDIA_STORAGE_URL="s3://bucket-name", AWS_ACCESS_KEY_ID="id",
+                                  AWS_SECRET_ACCESS_KEY="aws-secret-value"))
+    assert "aws-secret-value" in settings.secrets
+    assert "aws-secret-value" not in repr(settings)
+
+
+def test_s3_variables_are_checked_for_an_s3_storage_only():
+    s3 = dict(GOOD, MEDIA_STORAGE_URL="s3://team-audio")
+    load_settings(dict(s3, AWS_ENDPOINT_URL="https://acct.r2.cloudflarestorage.com", AWS_REGION="auto",
+                       AWS_ACCESS_KEY_ID="id", AWS_SECRET_ACCESS_KEY="secret"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(dict(s3, AWS_ENDPOINT_URL="minio:9000", AWS_ACCESS_KEY_ID="id", AWS_REGION="us east"))
+    assert [p.split()[0] for p in info.value.problems] == ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_REGION"]
+    load_settings(dict(GOOD, MEDIA_STORAGE_URL="file:///srv/media", AWS_ENDPOINT_URL="minio:9000"))

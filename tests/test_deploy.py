@@ -56,6 +56,21 @@ def test_the_lock_check_fails_when_pyproject_changes(tmp_path):
     assert "needs to be updated" in result.stderr
 
 
+def stop(procs: list[subprocess.Popen]) -> list[int | None]:
+    """SIGTERM, as Heroku stops a dyno; a process still running after its 30 s is killed (None)."""
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGTERM)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(30))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            codes.append(None)
+    return codes
+
+
 def procfile() -> dict[str, str]:
     lines = (ROOT / "Procfile").read_text().splitlines()
     return dict(line.split(": ", 1) for line in lines if line.strip() and not line.startswith("#"))
@@ -130,7 +145,7 @@ def test_procfile_release_web_and_worker_store_a_recording(production_venv, sand
             def healthy():
                 try:
                     return requests.get(base + "/readyz", timeout=1).status_code == 200
-                except requests.RequestException:  # refused, or not answered yet while the app loads
+                except (requests.ConnectionError, requests.Timeout):  # not listening, or still booting
                     return False
 
             wait_for(healthy, 30, what="the web process to answer /readyz")
@@ -147,11 +162,36 @@ def test_procfile_release_web_and_worker_store_a_recording(production_venv, sand
             assert [e["status"] for e in recording["events"]] == ["in-progress", "completed"]
             assert recording["duration"] == sandbox.recordings[sid]["duration"]
         finally:
-            for proc in (web, worker):
-                os.killpg(proc.pid, signal.SIGTERM)
-            codes = [proc.wait(40) for proc in (web, worker)]
+            codes = stop([web, worker])
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("release", "web", "worker")}
         assert codes == [0, 0], logs
         # What the production install logs, every process's every line, is JSON too.
         assert all(log_lines(tmp_path / f"{name}.log") for name in logs)
 
+
+
+def _section(markdown: str, heading: str) -> str:
+    return markdown.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_app_json_the_readme_and_the_settings_name_the_same_variables():
+    import json
+    import re
+
+    app = json.loads((ROOT / "app.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    read_by_settings = set(re.findall(r'"([A-Z][A-Z0-9_]{2,})"', (ROOT / "service/config.py").read_text()))
+    read_by_settings -= {"DEBUG", "INFO", "WARNING", "ERROR"}  # LOG_LEVEL's values
+    documented = {name for row in _section(readme, "Configuration").splitlines() if row.startswith("| `")
+                  for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0])}
+    assert documented == read_by_settings
+    # Every setting but those Heroku provides (the add-ons' URLs, PORT) or that only the local run uses.
+    assert set(app["env"]) == documented - {"REDIS_URL", "DATABASE_URL", "PORT", "INSTANCE_PATH"}
+    assert {a["plan"].split(":")[0] for a in app["addons"]} == {"heroku-redis", "heroku-postgresql"}
+    assert {name: f["quantity"] for name, f in app["formation"].items()} == {"web": 1, "worker": 1}
+    assert set(app["formation"]) == set(procfile()) - {"release"}
+    heroku = _section(readme, "Deploying to Heroku")
+    for name, spec in app["env"].items():
+        if spec.get("required") and "generator" not in spec:
+            assert f"{name}=" in heroku, f"the README's Heroku commands do not set {name}"
+    assert app["env"]["SERVICE_API_TOKEN"]["generator"] == "secret" and "SERVICE_API_TOKEN=" in heroku

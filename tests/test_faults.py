@@ -14,14 +14,17 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
+import requests
+import schemathesis
 import sqlalchemy as sa
 
 from devstack.redis_server import EmbeddedRedis, free_port
 from devstack.sandbox import Sandbox
 from service.store.sql import Store
-from tests.e2e import database, stack_env, start_stack, wait_for
+from tests.e2e import AUTH, database, stack_env, start_stack, wait_for
 from tests.faults import TcpProxy, callback_forms, report, scaled, send_callbacks
 from tests.fixtures.sandbox import SandboxCredentials
+from tests.test_api_properties import check_every_operation, document_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
 
@@ -211,3 +214,47 @@ def test_sandbox_dropping_20_percent_of_callbacks_the_sweep_stores_all(tmp_path,
         with f.store.engine.connect() as conn:
             stored = set(conn.execute(sa.text("SELECT sid FROM recordings WHERE status = 'completed'")).scalars())
         assert stored >= set(sids)
+
+
+def test_api_against_its_document_on_gunicorn(tmp_path, postgres_server):
+    """The property tests of tests/test_api_properties.py, against gunicorn, over HTTP, with the
+    document as gunicorn serves it."""
+    with fault_stack(tmp_path, postgres_server) as f:
+        examples = scaled(300, 20)
+        schema = schemathesis.openapi.from_url(f.stack.base_url + "/api/openapi.json",
+                                               config=document_config(examples))
+        started = time.monotonic()
+        sent = check_every_operation(schema, AUTH, examples)
+        report("API property tests on gunicorn", requests_per_operation=sent,
+               seconds=round(time.monotonic() - started, 1))
+        assert len(sent) == 5 and min(sent.values()) >= examples
+
+
+def test_twenty_racing_retries_on_gunicorn_start_one_recording(tmp_path, postgres_server):
+    """Twenty clients retry the same start with the same Idempotency-Key at once, spread over
+    gunicorn's processes, while SignalWire is slow: SignalWire gets exactly one Create."""
+    with fault_stack(tmp_path, postgres_server) as f:
+        f.sandbox.latency = 0.5
+        url = f"{f.stack.base_url}/api/calls/{uuid.uuid4()}/recordings"
+        headers = {**AUTH, "Idempotency-Key": str(uuid.uuid4())}
+        barrier = threading.Barrier(20)
+        answers: list = []
+
+        def send():
+            barrier.wait(timeout=10)
+            response = requests.post(url, json={"channels": "dual"}, headers=headers, timeout=30)
+            answers.append((response.status_code, response.json().get("sid")))
+
+        threads = [threading.Thread(target=send) for _ in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        f.sandbox.latency = 0
+        replay = requests.post(url, json={"channels": "dual"}, headers=headers, timeout=30)
+        statuses = {code: sum(1 for c, _ in answers if c == code) for code, _ in answers}
+        report("20 racing retries, one key", answers=statuses, creates=f.sandbox.state()["create_requests"])
+        assert len(answers) == 20 and set(statuses) <= {201, 409} and 201 in statuses
+        assert {sid for code, sid in answers if code == 201} == {replay.json()["sid"]}
+        assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+        assert f.sandbox.state()["create_requests"] == 1

@@ -14,7 +14,7 @@ import redis
 from rq.job import Job
 
 from service.pipelines.ingest import (
-    FAILURE_TTL, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for, retry_policy,
+    FAILURE_TTL, INBOX_TRIES, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for, retry_policy,
 )
 from service.domain.recordings import CallbackEvent
 from service.services import queue_for
@@ -240,3 +240,30 @@ def test_group_commit_under_contention_answers_every_item_once():
     assert sorted(sent) == items  # each sent exactly once
     assert max(batches) <= 8 and len(batches) < len(items) / 2  # shared round trips, within the limit
     assert not group._waiting
+
+
+# --- the inbox drain --------------------------------------------------------------------
+
+
+def test_unreadable_inbox_rows_hold_up_nothing_and_are_set_aside(store, redis_conn, caplog):
+    queue = queue_for(SETTINGS, redis_conn)
+    ingest = Ingest(queue, store, dedupe_ttl=60)
+    # A whole batch of rows this release cannot read at the head of the inbox.
+    unreadable = [store.inbox_put({"recording_sid": f"r{i}", "field_of_a_later_release": 1}) for i in range(2)]
+    events = [CallbackEvent(recording_sid=f"ok-{i}", account_sid="a", status="completed") for i in range(3)]
+    for event in events:
+        store.inbox_put(event.to_payload())
+
+    assert ingest.drain_inbox(batch=2) == 3
+    assert sorted(job.args[0]["recording_sid"] for job in queue.jobs) == [e.recording_sid for e in events]
+    assert [row_id for row_id, _ in store.inbox_take(10)] == unreadable  # kept, tried again next time
+
+    for _ in range(INBOX_TRIES - 1):
+        assert ingest.drain_inbox(batch=2) == 0
+    assert store.inbox_take(10) == []  # set aside: no longer taken (nor logged)
+    aside = store.inbox_set_aside()
+    assert [row["id"] for row in aside] == unreadable
+    assert all(row["attempts"] == INBOX_TRIES and row["set_aside_at"] for row in aside)
+    assert "unexpected keyword argument 'field_of_a_later_release'" in aside[0]["last_error"]
+    caplog.clear()
+    assert ingest.drain_inbox(batch=2) == 0 and "cannot be read" not in caplog.text

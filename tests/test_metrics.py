@@ -3,6 +3,7 @@ gauges read at scrape time from Redis and the database (real Redis, both databas
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from rq.job import Job
 from devstack.redis_server import EmbeddedRedis
 from service.domain.recordings import CallbackEvent, Recording
 from service.observability import metrics, scrape
+from service.observability.logs import configure_logging
 from service.observability.relay import RELAY_KEY, MetricsRelay
 from service.pipelines.ingest import JOB_FUNC
 from service.pipelines.sweep import sweep
@@ -113,6 +115,58 @@ def test_gauges_are_read_at_scrape_time(services, store, sandbox, sw_client, red
     after = read(services)
     assert after[(PREFIX + "last_sweep_timestamp_seconds", ())] > 0
     assert Job.fetch("dead-letter", connection=redis_conn, serializer=queue.serializer)
+
+
+@pytest.fixture
+def worker_env(env, store, monkeypatch):
+    # The worker runs the jobs in this process; they read the same settings.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    from workers import jobs
+
+    jobs.services.cache_clear()
+    yield env
+    jobs.services().close()
+    jobs.services.cache_clear()
+
+
+def test_the_worker_counts_and_logs_each_callback_job_by_how_it_ended(worker_env, sandbox, sw_client, redis_conn,
+                                                                       capsys):
+    from rq import Retry
+
+    from service.config import load_settings
+    from service.pipelines.ingest import Ingest
+    from service.services import queue_for
+    from workers.__main__ import KeeperWorker
+
+    queue = queue_for(load_settings(worker_env), redis_conn)
+    ingest = Ingest(queue, None, dedupe_ttl=60)
+    recording = sw_client.create_recording(str(uuid.uuid4()), status_callback="http://127.0.0.1:9/x")
+    sandbox.end_call(recording.call_sid)
+    live = CallbackEvent(recording_sid=recording.sid, account_sid=recording.account_sid, status="in-progress")
+    assert ingest.enqueue(live, "req-live")
+    unknown = CallbackEvent(recording_sid=str(uuid.uuid4()), account_sid=recording.account_sid, status="completed")
+    retried = queue.enqueue(JOB_FUNC, unknown.to_payload(), retry=Retry(max=1, interval=[3600]))  # a 404: later
+    queue.enqueue("tests.jobs_for_tests.quick")  # not a callback job: logged, not counted
+    before = {result: metrics.JOBS.labels(result)._value.get() for result in metrics.JOB_RESULTS}
+    durations = metrics.JOB_DURATION._sum.get(), sum(b.get() for b in metrics.JOB_DURATION._buckets)
+    configure_logging("INFO")
+    capsys.readouterr()
+    KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    counted = {result: metrics.JOBS.labels(result)._value.get() - before[result] for result in metrics.JOB_RESULTS}
+    assert counted == {"stored": 1, "retried": 1, "failed": 0}
+    assert sum(b.get() for b in metrics.JOB_DURATION._buckets) - durations[1] == 2
+    last = {line["job_id"]: line for line in lines if line["logger"] == "workers" and "result" in line}
+    assert sorted(line["result"] for line in last.values()) == ["retried", "stored", "succeeded"]
+    stored = last[f"cb_{recording.sid}_in-progress"]
+    assert stored["request_id"] == "req-live" and stored["recording_sid"] == recording.sid
+    assert stored["status"] == "in-progress" and stored["event"] == f"job cb_{recording.sid}_in-progress stored"
+    assert last[retried.id]["result"] == "retried" and last[retried.id]["recording_sid"] == unknown.recording_sid
+    # Every line of the job, RQ's own included, carries the request id.
+    of_job = [line for line in lines if line.get("job_id") == f"cb_{recording.sid}_in-progress"]
+    assert {line["logger"] for line in of_job} >= {"rq.worker", "workers"}
+    assert all(line["request_id"] == "req-live" for line in of_job)
 
 
 def test_a_scrape_without_redis_shows_what_it_can(env, store):

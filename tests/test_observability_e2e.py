@@ -135,7 +135,8 @@ def test_a_forged_callback_leaves_one_line_naming_its_reason_and_a_flood_a_bound
     wait_for(lambda: [line for line in log_lines(running.log) if line.get("request_id") == "forged-one"], 10,
              what="the refusal line")
     (line,) = [line for line in log_lines(running.log) if line.get("request_id") == "forged-one"]
-    assert line["event"] == "callback refused: signature_mismatch" and line["reason"] == "signature_mismatch"
+    assert line["event"].startswith("callback refused (signature_mismatch): POST " + running.url)
+    assert line["reason"] == "signature_mismatch" and line["logger"] == "service.web.webhooks"
     assert line["checked_url"] == running.url and line["keys_tried"] == 1 and line["status"] == 403
 
     before = len(log_lines(running.log))

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 from rq import SimpleWorker
 
-from service.pipelines.ingest import Ingest
-from service.domain.processing import handle_callback
+from service.domain.processing import ABSENT_NOT_FOUND_WINDOW, PermanentFailure, handle_callback
 from service.domain.recordings import CallbackEvent
+from service.pipelines.ingest import Ingest
 from service.signalwire.client import SignalWireError
 from service.store.sql import Store
 
@@ -67,6 +68,62 @@ def test_metadata_lag_404_is_raised_for_retry_and_counted(store, sandbox, sw_cli
     handle_callback(store, sw_client, event(recording, "completed"))
     stored = store.get(recording.sid)
     assert stored["status"] == "completed" and stored["last_error"] is None
+
+
+def test_a_404_after_completed_is_lag_however_late(store, sandbox, sw_client):
+    recording = started(sandbox, sw_client)
+    sandbox.metadata_lag = 60
+    later = datetime.now(timezone.utc) + ABSENT_NOT_FOUND_WINDOW * 10
+    with pytest.raises(SignalWireError):
+        handle_callback(store, sw_client, event(recording, "completed"), now=later)
+    assert store.get(recording.sid)["last_fetched_at"] is None  # still for the sweep to fetch
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_are_a_permanent_failure(store, sandbox, sw_client, status):
+    recording = started(sandbox, sw_client)
+    sandbox.fail_next(status)
+    before = sandbox.state()["api_requests"]
+    with pytest.raises(PermanentFailure, match="refused our credentials") as info:
+        handle_callback(store, sw_client, event(recording, "completed"))
+    assert info.value.__cause__.status == status
+    assert sandbox.state()["api_requests"] == before + 1  # and the client did not retry either
+    stored = store.get(recording.sid)
+    assert stored["status"] == "completed" and [e["status"] for e in stored["events"]] == ["completed"]
+    assert stored["attempts"] == 1 and "refused our credentials" in stored["last_error"]
+
+
+def absent_recording(sandbox, sw_client):
+    call_sid = str(uuid.uuid4())
+    sandbox.make_silent(call_sid)  # no audio: its recording ends absent
+    recording = sw_client.create_recording(call_sid, status_callback="http://127.0.0.1:1/cb")
+    sandbox.end_call(call_sid)
+    assert sandbox.recordings[recording.sid]["status"] == "absent"
+    return recording
+
+
+def test_an_absent_recording_without_a_resource_is_retried_briefly_then_kept_as_absent(store, sandbox, sw_client):
+    recording = absent_recording(sandbox, sw_client)
+    sandbox.metadata_lag = 3600  # its resource answers 404
+    absent = event(recording, "absent", params={"ErrorCode": "16102"})
+    with pytest.raises(SignalWireError):  # within the window: maybe metadata lag, retried
+        handle_callback(store, sw_client, absent)
+    assert store.get(recording.sid)["last_fetched_at"] is None
+
+    past_the_window = absent.received_at + ABSENT_NOT_FOUND_WINDOW
+    assert handle_callback(store, sw_client, absent, now=past_the_window) == "absent, no resource"
+    stored = store.get(recording.sid)
+    assert stored["status"] == "absent" and [e["status"] for e in stored["events"]] == ["absent"]
+    assert stored["attempts"] == 2 and "404" in stored["last_error"] and stored["last_fetched_at"]
+    # Final: the sweep does not fetch it again.
+    assert store.unfinished(older_than=datetime.now(timezone.utc) + timedelta(days=1)) == []
+
+
+def test_an_absent_recording_whose_resource_appears_gets_its_metadata(store, sandbox, sw_client):
+    recording = absent_recording(sandbox, sw_client)
+    assert handle_callback(store, sw_client, event(recording, "absent")) == "absent"
+    stored = store.get(recording.sid)
+    assert stored["error_code"] == "16102" and stored["last_error"] is None and stored["last_fetched_at"]
 
 
 def test_recording_url_host_is_never_requested(store, sandbox, sw_client):

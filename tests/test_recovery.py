@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -23,8 +24,9 @@ from devstack.redis_server import EmbeddedRedis, free_port
 from service.services import queue_for
 from service.store.sql import Store
 from tests.e2e import wait_for
+from tests.faults import TcpProxy
 from workers import recovery
-from workers.__main__ import KeeperWorker, StartupStop
+from workers.__main__ import REDIS_SOCKET_TIMEOUT, WORKER_TTL, KeeperWorker, StartupStop
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -297,3 +299,35 @@ def test_death_is_registered_after_a_stop_broke_a_redis_transaction(redis_conn):
 
     assert redis_conn.hget(worker.key, "death") is not None
     assert worker.name not in {w.name for w in SimpleWorker.all(connection=redis_conn)}
+
+
+def test_the_work_loops_redis_timeout_outlasts_the_blocking_dequeue(redis_conn):
+    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
+    worker = KeeperWorker([queue], connection=redis_conn, worker_ttl=WORKER_TTL)
+    # Not shorter than what RQ would set on the pool (it would then change it, for new
+    # connections only), and longer than the blocking dequeue, which must not time out.
+    assert REDIS_SOCKET_TIMEOUT >= worker.connection_timeout > worker.dequeue_timeout
+
+
+def test_a_worker_whose_redis_connection_went_half_open_carries_on(worker_env, redis_url, tmp_path):
+    # A failover just after the worker's first ping (while it waited for Redis, say) leaves
+    # that connection open with nothing behind it: no answer, and no close. Its socket timeout
+    # ends the wait, and a new connection reaches Redis again.
+    parts = urlsplit(redis_url)
+    proxy = TcpProxy((parts.hostname, parts.port))
+    proxy.stall_next(after_replies=1)  # the worker's first connection, after its PONG
+    workers = Workers(dict(worker_env, REDIS_URL=f"redis://127.0.0.1:{proxy.port}{parts.path}"), tmp_path)
+    conn = redis.Redis.from_url(redis_url)
+    try:
+        started = time.monotonic()
+        workers.start()
+        job = queue_for(load_settings(worker_env), conn).enqueue("tests.jobs_for_tests.quick")
+        wait_for(lambda: runs(conn, job.id) == 1, REDIS_SOCKET_TIMEOUT + 30, interval=0.2,
+                 what="the job, once the worker noticed")
+        took = time.monotonic() - started
+        print(f"the job ran {took:.1f} s after the worker started")
+        assert REDIS_SOCKET_TIMEOUT <= took < REDIS_SOCKET_TIMEOUT + 15  # it did wait on that connection
+    finally:
+        workers.stop_all()
+        proxy.close()
+        conn.close()

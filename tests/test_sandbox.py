@@ -290,18 +290,64 @@ def test_fetch_requires_auth(sandbox, api):
     assert requests.get(url, timeout=5).status_code == 401
 
 
-def test_media_is_a_real_wav_without_auth(api, sandbox):
+def test_media_is_a_real_wav_without_auth_sized_for_the_duration(api, sandbox):
     sid = create(api, "call-22", None).json()["sid"]
     base = f"{sandbox.base_url}{sandbox.account_path}/Recordings/{sid}"
+    assert requests.get(base + ".wav", timeout=5).status_code == 404  # still recording: no media yet
+    assert wait_until(lambda: sandbox.recordings[sid]["status"] == "completed")
+    sandbox.patch_recording(sid, duration=90)
+    bodies = []
     for url in (base, base + ".wav"):
         response = requests.get(url, timeout=5)  # no auth
         assert response.status_code == 200
-        assert response.headers["Content-Type"].startswith("audio/")
+        assert response.headers["Content-Type"] == "audio/x-wav"
+        assert int(response.headers["Content-Length"]) == len(response.content) == 44 + 90 * 16000  # 128 kbps
         with wave.open(io.BytesIO(response.content)) as wav:
-            assert wav.getnchannels() == 1 and wav.getnframes() > 0
+            assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (1, 8000, 2)
+            assert wav.getnframes() == 90 * 8000
+        bodies.append(response.content)
+    assert bodies[0] == bodies[1]  # deterministic per recording
     mp3 = requests.get(base + ".mp3", timeout=5)
-    assert mp3.status_code == 200 and mp3.headers["Content-Type"] == "audio/mpeg" and mp3.content
+    assert mp3.status_code == 200 and mp3.headers["Content-Type"] == "audio/mpeg"
+    assert mp3.content.startswith(b"ID3") and b"\xff\xfb" in mp3.content[:200]
+    assert 90 * 4000 * 0.95 < len(mp3.content) < 90 * 4000 * 1.05  # 32 kbps
     assert requests.get(base.replace(sid, "nope") + ".wav", timeout=5).status_code == 404
+
+
+def test_media_differs_between_recordings_and_streams_large_files(sandbox):
+    from devstack.sandbox.media import media
+
+    assert b"".join(media("a", 2)) != b"".join(media("b", 2))
+    big = media("c", 5 * 3600)  # five hours: 288 MB, produced chunk by chunk
+    assert big.length == 44 + 5 * 3600 * 16000
+    assert max(len(next(iter(big))) for _ in range(3)) <= 64 * 1024
+
+
+def test_media_fault_knobs_cut_short_and_not_ready(api, sandbox):
+    sid = create(api, "call-24", None).json()["sid"]
+    assert wait_until(lambda: sandbox.recordings[sid]["status"] == "completed")
+    url = f"{sandbox.base_url}{sandbox.account_path}/Recordings/{sid}.wav"
+    sandbox.set_knobs(media_not_ready_seconds=60)
+    assert requests.get(url, timeout=5).status_code == 404
+    sandbox.set_knobs(media_not_ready_seconds=0)
+    assert requests.get(url, timeout=5).status_code == 200
+    sandbox.patch_recording(sid, duration=60)
+    sandbox.set_knobs(media_cut_rate=1.0)
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):  # requests' name for a short body
+        requests.get(url, timeout=5).content
+
+
+def test_delete(api, sandbox):
+    sid = create(api, "call-25", None).json()["sid"]
+    assert wait_until(lambda: sandbox.recordings[sid]["status"] == "completed")
+    unauthenticated = requests.delete(f"{sandbox.base_url}{sandbox.account_path}/Recordings/{sid}.json", timeout=5)
+    assert unauthenticated.status_code == 401 and sid in sandbox.recordings
+    deleted = api("DELETE", f"/Recordings/{sid}.json")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert list(sandbox.deleted) == [sid]
+    assert api("GET", f"/Recordings/{sid}.json").status_code == 404
+    assert api("DELETE", f"/Recordings/{sid}.json").status_code == 404
+    assert requests.get(f"{sandbox.base_url}{sandbox.account_path}/Recordings/{sid}.wav", timeout=5).status_code == 404
 
 
 def test_metadata_lag(api, sandbox):

@@ -149,13 +149,27 @@ def test_next_page_on_another_host_is_refused(sw_client):
 
 def test_media_url_serves_wav(sandbox, sw_client):
     rec = sw_client.create_recording("call-g", status_callback="http://127.0.0.1:9/cb")
+    sandbox.end_call(rec.call_sid)  # media exists once the recording is completed
     url = sw_client.media_url(rec.sid)
     assert url.endswith(f"/Recordings/{rec.sid}.wav")
     response = requests.get(url, timeout=5)
     assert response.status_code == 200 and response.content.startswith(b"RIFF")
+    stream = sw_client.open_media(rec.sid)
+    assert stream.read() == response.content and stream.headers["Content-Type"] == "audio/x-wav"
+    stream.release_conn()
     assert sw_client.media_url(rec.sid, "mp3").endswith(".mp3")
     with pytest.raises(ValueError):
         sw_client.media_url(rec.sid, "ogg")
+
+
+def test_open_media_raises_signalwire_errors_and_retries_5xx(sandbox, sw_client):
+    rec = sw_client.create_recording("call-h", status_callback="http://127.0.0.1:9/cb")
+    with pytest.raises(SignalWireError) as info:  # still recording: no media yet
+        sw_client.open_media(rec.sid)
+    assert info.value.status == 404
+    sandbox.end_call(rec.call_sid)
+    sandbox.fail_next(503)
+    assert sw_client.open_media(rec.sid).read().startswith(b"RIFF")  # the 503 was retried
 
 
 # --- error shapes -------------------------------------------------------------------------
@@ -315,6 +329,36 @@ def test_get_read_timeout_is_retried(sandbox, sw_client_factory):
         client.fetch_recording("any")
     assert info.value.timeout and info.value.retryable
     assert wait_until(lambda: sandbox.state()["api_requests"] == 2)
+
+
+def test_create_never_outlasts_its_budget(sandbox, sw_client_factory):
+    # The read timeout alone (10 s) would wait for the slow answer; the budget does not.
+    client = sw_client_factory(read_timeout=10, create_budget=0.5)
+    sandbox.latency = 3
+    started = time.monotonic()
+    with pytest.raises(SignalWireError) as info:
+        client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    assert time.monotonic() - started < 1.0
+    assert info.value.timeout and not info.value.retryable
+
+
+def test_create_budget_covers_retries_and_their_waits(sandbox, sw_client_factory):
+    # Each 503 asks for 0.4 s: the third attempt could not start within 1 s, so the client
+    # answers with the error it has instead of sleeping past its budget.
+    client = sw_client_factory(create_budget=1.0, max_retries=5, max_retry_wait=5)
+    sandbox.fail_next(503, retry_after=0.4, count=6)
+    started = time.monotonic()
+    with pytest.raises(SignalWireError) as info:
+        client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 503 and sandbox.state()["api_requests"] == 3
+
+
+def test_reads_have_no_create_budget(sandbox, sw_client_factory):
+    client = sw_client_factory(create_budget=0.2, read_timeout=5)
+    rec = client.create_recording("call-budget", status_callback="http://127.0.0.1:9/cb")
+    sandbox.latency = 0.4
+    assert client.fetch_recording(rec.sid).sid == rec.sid
 
 
 def _closed_port() -> int:

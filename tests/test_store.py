@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import random
 import threading
+import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from service.store.models import TERMINAL_RANK, UNFINISHED, Base, RecordingRow
 from service.domain.recordings import _RANK, CallbackEvent, Recording, is_terminal, status_rank
-from service.store.sql import Store, database_url as normalise_url, decode_cursor, encode_cursor
+from service.store.sql import MIGRATIONS_DIR, Store, database_url as normalise_url, decode_cursor, encode_cursor
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -84,13 +87,15 @@ def test_migrations_apply_from_empty_and_match_the_models(database_url):
         store.migrate()
         store.migrate()  # already at head: a no-op, as the release step may run it again
         inspector = sa.inspect(store.engine)
-        assert {"recordings", "recording_events", "inbox", "alembic_version"} <= set(inspector.get_table_names())
+        assert {"recordings", "recording_events", "inbox", "idempotency_keys", "alembic_version"} <= set(
+            inspector.get_table_names())
         indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("recordings")}
         assert indexes["ix_recordings_created"] == ["created_at", "sid"]
         assert indexes["ix_recordings_call_created"] == ["call_sid", "created_at", "sid"]
         assert indexes["ix_recordings_status_created"] == ["status", "created_at", "sid"]
         with store.engine.connect() as conn:
-            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
+            head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == head
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
         store.ping()
@@ -135,6 +140,52 @@ def test_url_forms(database_url, tmp_path):
         "postgresql+psycopg://u@h/db?options=-csearch_path%3Dx"
     )
     assert normalise_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+
+
+def test_pool_settings_bound_the_connections_a_burst_opens(database_url, store):
+    """DATABASE_POOL_SIZE and DATABASE_MAX_OVERFLOW reach the engine a process builds: a burst of
+    8 threads gets 3 connections at once, and 2 stay open after it."""
+    from service.config import load_settings
+    from service.services import Services
+
+    postgres = database_url.startswith("postgresql://")
+    name = f"pool-{uuid.uuid4().hex[:8]}"
+    url = f"{database_url}&application_name={name}" if postgres else database_url
+    env = {"SIGNALWIRE_SPACE": "example.signalwire.com", "SIGNALWIRE_PROJECT_ID": "p", "SIGNALWIRE_API_TOKEN": "t",
+           "SIGNALWIRE_SIGNING_KEY": "k", "PUBLIC_BASE_URL": "https://r.example.com",
+           "SERVICE_API_TOKEN": "t" * 16, "REDIS_URL": "redis://127.0.0.1:9", "DATABASE_URL": url,
+           "DATABASE_POOL_SIZE": "2", "DATABASE_MAX_OVERFLOW": "1"}
+    services = Services(load_settings(env))
+    engine = services.store.engine
+
+    def server_connections() -> int:
+        # Counted by PostgreSQL itself; on SQLite, by the pool.
+        if not postgres:
+            return engine.pool.checkedout()
+        with store.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                                {"name": name}).scalar_one()
+
+    def hold() -> None:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            time.sleep(0.3)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        peak = 0
+        while any(thread.is_alive() for thread in threads):
+            peak = max(peak, server_connections())
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join()
+        assert peak == 3
+        if postgres:
+            assert server_connections() == 2  # the pool keeps 2; the overflow one was closed
+    finally:
+        services.close()
 
 
 def test_ping_fails_on_a_dead_database(database_url, tmp_path):
@@ -319,6 +370,18 @@ def test_note_attempt(store):
     store.note_attempt("rec-1", None)
     got = store.get("rec-1")
     assert (got["attempts"], got["last_error"]) == (3, None)
+
+
+def test_a_404_is_final_for_an_absent_recording_only(store):
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    store.record_event(event("rec-absent", "absent"))
+    store.record_event(event("rec-completed", "completed"))
+    for sid in ("rec-absent", "rec-completed"):
+        store.note_attempt(sid, "not found (status=404)", not_found=True)
+    absent, completed = store.get("rec-absent"), store.get("rec-completed")
+    assert absent["status"] == "absent" and absent["last_fetched_at"] and absent["attempts"] == 1
+    assert completed["last_fetched_at"] is None and completed["attempts"] == 1  # metadata may lag
+    assert store.unfinished(older_than=later) == ["rec-completed"]
 
 
 def test_concurrent_writers_end_with_one_row_and_the_highest_status(store):
@@ -530,3 +593,29 @@ def test_inbox_put_take_delete(store):
     assert store.inbox_take() == list(zip(ids[3:], payloads[3:]))
     store.inbox_delete(ids)
     assert store.inbox_take() == []
+
+
+def test_inbox_take_pages_on_after_an_id(store):
+    ids = [store.inbox_put({"n": n}) for n in range(5)]
+    assert [row_id for row_id, _ in store.inbox_take(limit=2, after_id=ids[1])] == ids[2:4]
+    assert store.inbox_take(limit=2, after_id=ids[-1]) == []
+
+
+def test_inbox_rows_that_keep_failing_are_set_aside_and_can_be_released(store):
+    bad, good = store.inbox_put({"bad": 1}), store.inbox_put({"good": 1})
+    assert not store.inbox_failed(bad, "TypeError: first", set_aside_after=2)
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good]  # still taken
+    assert store.inbox_set_aside() == []
+    assert store.inbox_failed(bad, "TypeError: second", set_aside_after=2)  # this try set it aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [good]
+    assert not store.inbox_failed(bad, "TypeError: again", set_aside_after=2)  # already aside: unchanged
+
+    [aside] = store.inbox_set_aside()
+    assert (aside["id"], aside["attempts"], aside["last_error"]) == (bad, 2, "TypeError: second")
+    assert parse(aside["created_at"]) <= parse(aside["set_aside_at"])
+
+    assert store.inbox_release([good, bad]) == [bad]  # only rows set aside
+    assert [row_id for row_id, _ in store.inbox_take()] == [bad, good] and store.inbox_set_aside() == []
+    assert not store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)  # tries start over
+    store.inbox_failed(bad, "TypeError: after release", set_aside_after=2)
+    assert store.inbox_release() == [bad]

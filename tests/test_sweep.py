@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import dataclasses
 from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
@@ -73,6 +74,19 @@ def test_a_404_is_recorded_and_the_recording_left_unfinished(store, sandbox, sw_
     assert stored["status"] == "in-progress" and stored["attempts"] == 1 and "404" in stored["last_error"]
     assert sweep(store, sw_client, redis_conn, older_than_seconds=600).failed == 1  # tried again later
     assert store.get(ghost.sid)["attempts"] == 2
+
+
+def test_an_absent_recording_that_answers_404_is_not_swept_again(store, sandbox, sw_client, redis_conn):
+    # Absent (SignalWire received no audio) and no resource: the job ran out, or ended it.
+    ghost = Recording(sid=str(uuid.uuid4()), call_sid="call-x", status="absent")
+    store.record_event(CallbackEvent(recording_sid=ghost.sid, account_sid="acc", status="absent", received_at=OLD,
+                                     params={"ErrorCode": "16102"}))
+    report = sweep(store, sw_client, redis_conn, older_than_seconds=600)
+    assert (report.checked, report.stored, report.failed) == (1, 0, 1)
+    stored = store.get(ghost.sid)
+    assert stored["status"] == "absent" and stored["attempts"] == 1 and "404" in stored["last_error"]
+    assert stored["last_fetched_at"]
+    assert sweep(store, sw_client, redis_conn, older_than_seconds=600).checked == 0  # final
 
 
 def test_listing_finds_recordings_whose_callbacks_never_came(store, sandbox, sw_client, redis_conn):
@@ -147,8 +161,8 @@ def test_a_short_retry_after_is_waited_out(store, sandbox, sw_client, redis_conn
     assert store.get(recording.sid)["status"] == "completed"
 
 
-def test_a_rate_limit_pushes_back_the_next_sweep_slot(store, sandbox, sw_client, redis_conn):
-    settings = SimpleNamespace(sweep_interval=60, sweep_after=600, sweep_list_hours=0)
+def test_a_rate_limit_pushes_back_the_next_sweep_slot(settings, store, sandbox, sw_client, redis_conn):
+    settings = dataclasses.replace(settings, sweep_interval=60, sweep_after=600, sweep_list_hours=0)
     services = SimpleNamespace(redis=redis_conn, store=store, signalwire=sw_client)
     keeper = Housekeeping(settings, "worker-a", services)
     seen_in_progress(store, completed_recording(sandbox, sw_client))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import traceback
 import uuid
 from urllib.parse import urlencode
 
 import pytest
+import redis
 
+from devstack.redis_server import EmbeddedRedis
 from service import create_app
 from service.config import load_settings
 from service.pipelines.ingest import JOB_FUNC
@@ -180,6 +184,26 @@ def test_redis_down_falls_back_to_the_inbox(env, store, project_id):
         app.extensions["services"].close()
 
 
+def test_a_full_redis_keeps_callbacks_in_the_inbox(env, store, project_id):
+    """Out of memory under noeviction (Heroku Redis's default) is an outage, not a 500: the
+    database keeps the callback until the drain can write it."""
+    with EmbeddedRedis() as server:  # a server of its own: its memory limit is changed
+        app = create_app(load_settings(dict(env, REDIS_URL=server.url)))
+        admin = redis.Redis.from_url(server.url)
+        try:
+            key = env["SIGNALWIRE_SIGNING_KEY"]
+            assert post(app.test_client(), key, callback_params(project_id)).status_code == 204
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", 1)
+            params = callback_params(project_id)
+            response = post(app.test_client(), key, params)
+            assert response.status_code == 204 and response.headers["X-Callback-Outcome"] == "inbox"
+            assert [p["recording_sid"] for _, p in store.inbox_take(10)] == [params["RecordingSid"]]
+        finally:
+            admin.close()
+            app.extensions["services"].close()
+
+
 def test_redis_and_database_down_is_503(env, store, project_id):
     settings = load_settings(dict(env, REDIS_URL="redis://127.0.0.1:1/0",
                                   DATABASE_URL="postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"))
@@ -277,3 +301,75 @@ def test_a_get_callbacks_signature_authenticates_no_body(client, key, project_id
     # HEAD is answered like GET: from the signed query, whatever body comes with it.
     assert client.open(f"{PATH}?{query}", method="HEAD", data=forged, headers=headers).status_code == 204
     assert [job.args[0]["recording_sid"] for job in queue.jobs] == [genuine["RecordingSid"]]
+
+
+# --- refusals are logged ---------------------------------------------------------------------
+
+
+def _refusals(caplog) -> list[tuple[str, str]]:
+    return [(r.reason, r.getMessage()) for r in caplog.records
+            if r.name == "service.web.webhooks" and r.levelno == logging.WARNING and hasattr(r, "reason")]
+
+
+def test_each_refused_callback_logs_one_warning_with_its_reason(client, key, project_id, queue, caplog):
+    """A wrong PUBLIC_BASE_URL or signing key must show in the logs, never a key or a signature."""
+    wrong_signature = compute_signature("PSK_not_ours", PUBLIC_BASE_URL + PATH, callback_params(project_id))
+    checked = f"{PUBLIC_BASE_URL}{PATH}"
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        (lambda: client.post(PATH, data=callback_params(project_id)), 403, "signature_missing",
+         [f"POST {checked}:", "no X-SignalWire-Signature or X-Twilio-Signature header"]),
+        (lambda: client.post(f"{PATH}?Extra=signed-query-value", data=callback_params(project_id),
+                             headers={"X-Twilio-Signature": wrong_signature}), 403, "signature_mismatch",
+         [f"POST {checked}:", "its X-Twilio-Signature header matches none of the 1 configured signing key(s)"]),
+        (lambda: client.post(PATH, json=callback_params(project_id), headers={"X-SignalWire-Signature": "x"}),
+         403, "body_unsigned", ["JSON body without bodySHA256"]),
+        (lambda: post(client, key, {"AccountSid": project_id, "RecordingUrl": "value-not-logged"}), 400,
+         "invalid_parameters", ["invalid parameters ['RecordingSid', 'RecordingStatus']"]),
+        (lambda: post(client, key, callback_params("another-project")), 403, "account_mismatch",
+         ["AccountSid is not SIGNALWIRE_PROJECT_ID"]),
+        (lambda: client.post(PATH, data=b"A=" + b"x" * (70 * 1024), headers=form), 413, "body_too_large",
+         [f"a body over the limit of 65536 bytes (Content-Length: {70 * 1024 + 2})"]),
+    ]
+    with caplog.at_level(logging.WARNING):
+        for send, status, reason, fragments in cases:
+            caplog.clear()
+            response = send()
+            assert response.status_code == status and response.get_json()["error"]["status"] == status
+            refusals = _refusals(caplog)
+            assert [r for r, _ in refusals] == [reason], (reason, refusals)
+            message = refusals[0][1]
+            for fragment in fragments:
+                assert fragment in message, (reason, message)
+            for secret in (key, wrong_signature, "signed-query-value", "value-not-logged", "another-project"):
+                assert secret not in caplog.text
+    assert queue.count == 0
+
+
+def test_an_accepted_callback_logs_no_refusal(client, key, project_id, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert post(client, key, callback_params(project_id)).status_code == 204
+    assert _refusals(caplog) == []
+
+
+# --- Redis errors other than an outage ---------------------------------------------------------
+
+
+def test_a_redis_error_other_than_an_outage_is_a_500_not_the_inbox(client, key, project_id, store, redis_conn,
+                                                                   queue, caplog):
+    """The inbox is for an unreachable Redis: a failing script would fail its drain the same way."""
+    assert post(client, key, callback_params(project_id)).status_code == 204  # Redis now holds the job template
+    templates = list(redis_conn.scan_iter("recording-keeper:job-template:*"))
+    assert templates
+    for name in templates:  # the script's HGETALL now fails: WRONGTYPE
+        redis_conn.set(name, "not a hash")
+    with caplog.at_level(logging.ERROR):
+        response = post(client, key, callback_params(project_id))
+    assert response.status_code == 500 and response.get_json()["error"]["status"] == 500
+    assert store.inbox_take(10) == []
+    assert queue.count == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert len(errors) == 1
+    logged = "".join(traceback.format_exception(*errors[0].exc_info))
+    # The traceback reaches the script's call, not only the hand-off between threads.
+    assert "WRONGTYPE" in logged and "in enqueue_many" in logged

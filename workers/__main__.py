@@ -32,7 +32,9 @@ from rq import SimpleWorker
 from service.config import ConfigError, load_settings
 from service.observability import metrics
 from service.observability.logs import configure_logging
+from service.pipelines.ingest import JOB_FUNC
 from service.services import queue_for, redis_connection
+from workers import rq_adapter
 from workers.housekeeping import Housekeeping
 
 log = logging.getLogger("workers")
@@ -44,6 +46,12 @@ WORKER_TTL = 30
 # RQ's registry cleanup and scheduler takeover run only every maintenance_interval (600 s by
 # default): when the worker running the scheduler dies, retries would wait that long.
 MAINTENANCE_INTERVAL = 30
+# The socket timeout of the work loop's Redis connections: one that a failover left
+# half-open (no answer, no close) would otherwise hang the worker outside any job's timeout.
+# RQ gives the pool a timeout (dequeue + 10 s) only for connections opened after the worker
+# is built, not the one that waited for Redis. Longer than RQ's blocking dequeue
+# (WORKER_TTL - 15 s), and not shorter than RQ's own, which would then replace it.
+REDIS_SOCKET_TIMEOUT = WORKER_TTL
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         log.critical("%s", exc, extra={"problems": exc.problems})
         return 2
     configure_logging(settings.log_level, settings.secrets, settings.log_format)
-    # Blocking dequeues need a socket timeout longer than the poll; RQ raises ours as needed.
-    connection = redis_connection(settings.redis_url, socket_timeout=None)
+    connection = redis_connection(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT)
     queue = queue_for(settings, connection)
     stop = StartupStop()
     signal.signal(signal.SIGTERM, stop)
@@ -75,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class KeeperWorker(SimpleWorker):
-    """RQ's SimpleWorker, which counts and logs every job, and whose death is registered even
+    """RQ's SimpleWorker, which logs and counts every job, and whose death is registered even
     when a stop signal broke a Redis transaction.
 
     Each job's log lines carry its `job_id`, the `request_id` of the callback that queued it
-    (from the job's meta), and its `recording_sid` and `status`; its last line says how it
-    ended (stored, retried or failed) and how long it took, as metrics.JOBS and
-    metrics.JOB_DURATION count it.
+    (from the job's meta), and the `recording_sid` (and `status`) it is about; its last line
+    says how it ended and how long it took. Callback jobs are counted in metrics.JOBS
+    (`stored`, `retried`, `failed`) and metrics.JOB_DURATION.
 
     An idle worker's SIGTERM handler raises StopRequested wherever the work loop is. Inside a
     transaction, that returns a connection to the pool with replies unread (rq/rq#2175), and
@@ -90,30 +97,34 @@ class KeeperWorker(SimpleWorker):
     """
 
     def perform_job(self, job, queue, execution) -> bool:
-        payload = job.args[0] if job.args and isinstance(job.args[0], dict) else {}
+        first = job.args[0] if job.args else None
+        payload = first if isinstance(first, dict) else {}
         structlog.contextvars.bind_contextvars(
             job_id=job.id, request_id=(job.meta or {}).get("request_id"),
-            recording_sid=payload.get("recording_sid"), status=payload.get("status"),
+            # A callback job's payload names the recording; a media job takes its sid.
+            recording_sid=payload.get("recording_sid") or (first if isinstance(first, str) else None),
+            status=payload.get("status"),
         )
+        callback = job.func_name == JOB_FUNC
         self._job_result = "failed"
         started = time.perf_counter()
         try:
             return super().perform_job(job, queue, execution)
         finally:
             seconds = time.perf_counter() - started
-            metrics.JOBS.labels(self._job_result).inc()
-            metrics.JOB_DURATION.observe(seconds)
-            log.info("job %s %s", job.id, self._job_result,
-                     extra={"result": self._job_result, "duration_ms": round(seconds * 1000, 1)})
+            result = "stored" if callback and self._job_result == "succeeded" else self._job_result
+            if callback:
+                metrics.JOBS.labels(result).inc()
+                metrics.JOB_DURATION.observe(seconds)
+            log.info("job %s %s", job.id, result, extra={"result": result, "duration_ms": round(seconds * 1000, 1)})
             structlog.contextvars.clear_contextvars()
 
     def handle_job_success(self, job, queue, started_job_registry, execution):
-        self._job_result = "stored"
+        self._job_result = "succeeded"
         super().handle_job_success(job, queue, started_job_registry, execution)
 
     def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        # As RQ decides below: retried while it has retries left (a job stopped on request is not).
-        self._job_result = "retried" if job.should_retry and self._stopped_job_id != job.id else "failed"
+        self._job_result = "retried" if rq_adapter.will_retry(self, job) else "failed"
         super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def register_death(self) -> None:

@@ -8,6 +8,8 @@
   intermediate queue run again;
 - reconciliation sweep (every SWEEP_INTERVAL s, 0 = off): one per interval across all
   workers (a Redis key claims the slot), in its own thread because it can take minutes;
+- notifications (service.notify.sender): the outbox's due deliveries, sent from threads of
+  their own as soon as a write in this process adds some, or every NOTIFY_POLL_INTERVAL s;
 - metrics relay (every second, and once more at stop): what this process counted goes to
   Redis, where the web's /metrics reads it (service.observability.relay).
 
@@ -26,10 +28,14 @@ from typing import Callable
 import redis
 
 from service.config import Settings
+from service.notify.addresses import ALLOW_PRIVATE_WARNING
+from service.notify.deliver import HttpDeliverer
+from service.notify.sender import Sender, lease_for
 from service.observability.relay import RELAY
 from service.pipelines.ingest import Ingest
 from service.services import Services
 from service.pipelines.sweep import sweep
+from service.store import notifications
 from workers import recovery
 
 log = logging.getLogger(__name__)
@@ -69,8 +75,13 @@ class Housekeeping:
         # Own connections (short Redis timeouts), separate from the work loop's.
         self.services = services or Services(settings)
         self._stop = threading.Event()
-        self.threads: list[_Periodic] = []
+        self.threads: list[threading.Thread] = []
         self._ingest: Ingest | None = None
+        self.deliverer = HttpDeliverer(allow_private=settings.notify_allow_private, timeout=settings.notify_timeout,
+                                       pool_size=settings.notify_concurrency)
+        self.sender = Sender(self.services.store.notifications, self.deliverer,
+                             schedule=settings.notify_retry_schedule, concurrency=settings.notify_concurrency,
+                             poll_interval=settings.notify_poll_interval, lease_seconds=lease_for(settings.notify_timeout))
 
     # --- the chores ------------------------------------------------------------------------
 
@@ -99,7 +110,8 @@ class Housekeeping:
         if not s.redis.set(SWEEP_SLOT_KEY, self.worker_name, nx=True, ex=interval):
             return None
         report = sweep(s.store, s.signalwire, s.redis, older_than_seconds=self.settings.sweep_after,
-                       list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval))
+                       list_hours=self.settings.sweep_list_hours, lock_ttl=max(60, interval),
+                       archive=s.enqueue_archive if self.settings.media_storage_url else None)
         if report.rate_limited and report.retry_after:
             # The next sweep waits as long as SignalWire asked, even past the next slot.
             wait = math.ceil(report.retry_after)
@@ -111,6 +123,8 @@ class Housekeeping:
 
     def start(self) -> "Housekeeping":
         s = self.settings
+        if s.notify_allow_private:
+            log.warning(ALLOW_PRIVATE_WARNING)
         beat_every = max(0.5, s.worker_alive_ttl / 4)
         try:
             self.beat()  # alive before the first job can start
@@ -128,14 +142,19 @@ class Housekeeping:
             self.threads.append(
                 _Periodic("sweep", min(30, s.sweep_interval), self.sweep_if_due, self._stop, first_delay=5)
             )
+        self.threads.append(threading.Thread(target=self.sender.run, args=(self._stop,), name="notify", daemon=True))
         for thread in self.threads:
             thread.start()
         return self
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        notifications.wake_sender.set()  # the sender stops now, not at its next poll
         for thread in self.threads:
             thread.join(timeout if thread.name != "sweep" else 0.1)
+        # The sender wrote what ended within a second; a delivery still in flight dies with the
+        # process, and its lease runs out before another worker sends it again.
+        self.deliverer.close()
         try:
             self.relay_metrics()  # the last jobs' counts
         except redis.RedisError as exc:

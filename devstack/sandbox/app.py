@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import random
+import sys
 import threading
 import time
 import uuid
@@ -37,7 +38,7 @@ from flask import Flask, Response, jsonify, request
 from requests.adapters import HTTPAdapter
 from cheroot import wsgi
 
-from devstack.sandbox.media import MP3_BYTES, WAV_BYTES
+from devstack.sandbox.media import media as make_media
 from service.signalwire.signatures import compute_signature
 
 log = logging.getLogger("devstack.sandbox")
@@ -61,6 +62,10 @@ KNOBS = (
     "latency", "error_rate", "error_statuses", "retry_after", "callback_drop_rate",
     "callback_duplicates", "callback_reorder", "metadata_lag", "recording_seconds",
     "callback_retry_delay", "seed",
+    # media: the duration completed recordings report (their audio's length; None: the wall time
+    # they took), the share of media downloads cut off mid-stream, how long media answers 404
+    # after completion, and answering media with a redirect to another host name (localhost).
+    "completed_duration", "media_cut_rate", "media_not_ready_seconds", "media_redirect",
 )
 
 
@@ -150,6 +155,12 @@ class Sandbox:
         self.metadata_lag = 0.0
         self.recording_seconds = 0.2
         self.callback_retry_delay = 0.05
+        self.completed_duration: int | None = None
+        self.media_cut_rate = 0.0
+        self.media_not_ready_seconds = 0.0
+        self.media_redirect = False
+        self.media_requests: list[dict] = []  # each media request: sid, ext, status, with_auth
+        self.deleted: dict[str, float] = {}  # sid -> time.time() of its DELETE
         self._seed: int | None = None
         self._rng = random.Random()
         self.app = self._build_app()
@@ -172,6 +183,15 @@ class Sandbox:
         # each one, which made every client call pay for a new connection and thread).
         self._server = wsgi.Server((self.host, self.port), self.app, numthreads=16, shutdown_timeout=1)
         self._server.expiration_interval = 0.05  # how long stop() waits for the accept loop
+        server_error_log = self._server.error_log
+
+        def error_log(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+            if sys.exc_info()[0] is ConnectionAbortedError:  # a download cut short on purpose
+                log.info("sandbox: media download cut short")
+                return
+            server_error_log(msg, level, traceback)
+
+        self._server.error_log = error_log
         self._server.prepare()
         self.port = self._server.bind_addr[1]
         self._thread = threading.Thread(target=self._server.serve, name="sandbox-http", daemon=True)
@@ -238,6 +258,8 @@ class Sandbox:
                 "create_requests": len(self._create_requests),
                 "api_requests": self.api_requests,
                 "forced_pending": len(self._forced),
+                "media_requests": len(self.media_requests),
+                "deleted": len(self.deleted),
             }
 
     # --- knobs ---------------------------------------------------------------------------
@@ -377,7 +399,7 @@ class Sandbox:
             if absent:
                 rec.update(status="absent", duration=0, error_code="16102", price=None)
             else:
-                duration = max(1, round(time.monotonic() - meta["started"]))
+                duration = self.completed_duration or max(1, round(time.monotonic() - meta["started"]))
                 price = -0.0025 * math.ceil(duration / 60)
                 rec.update(status="completed", duration=duration, price=f"{price:.4f}")
             rec.update(end_time=_rfc2822(end), date_updated=_rfc2822(end))
@@ -547,6 +569,8 @@ class Sandbox:
         app.add_url_rule(f"{acct}/Recordings", view_func=self._list, methods=["GET"])
         app.add_url_rule(f"{acct}/Recordings.json", view_func=self._list, methods=["GET"], endpoint="list_json")
         app.add_url_rule(f"{acct}/Recordings/<name>", view_func=self._recording, methods=["GET"])
+        app.add_url_rule(f"{acct}/Recordings/<name>", view_func=self._delete, methods=["DELETE"], endpoint="delete")
+        app.add_url_rule("/_sandbox/media/<account_sid>/<name>", view_func=self._redirected_media)
         app.add_url_rule("/_sandbox/state", view_func=lambda: jsonify(self.state()))
         app.add_url_rule("/_sandbox/knobs", view_func=self._knobs_view, methods=["GET", "POST"])
         return app
@@ -602,11 +626,63 @@ class Sandbox:
                 return self._error(404, 20404, "The requested resource was not found")
             return jsonify(rec)
         # Media needs no auth (SignalWire's retrieve-recording docs) but must belong to this account.
-        if rec is None or account_sid != self.project_id or ext not in ("wav", "mp3"):
+        if rec is not None and account_sid == self.project_id and ext in ("wav", "mp3") and self.media_redirect:
+            host = "localhost" if self.host == "127.0.0.1" else "127.0.0.1"
+            with self._lock:
+                self.media_requests.append({"sid": sid, "ext": ext, "status": 302, "host": request.host,
+                                            "with_auth": request.authorization is not None})
+            return Response(status=302, headers={"Location": f"http://{host}:{self.port}/_sandbox/media/{account_sid}/{name}"})
+        return self._media(account_sid, sid, ext, rec, completed_at)
+
+    def _redirected_media(self, account_sid: str, name: str) -> Response:
+        sid, _, ext = name.partition(".")
+        with self._lock:
+            rec = self._recordings.get(sid)
+            completed_at = self._meta[sid]["completed_at"] if rec else None
+        return self._media(account_sid, sid, ext, rec, completed_at)
+
+    def _media(self, account_sid: str, sid: str, ext: str, rec: dict | None, completed_at: float | None) -> Response:
+        """The recording's audio, streamed with its Content-Length; 404 while it is not ready."""
+        not_ready = completed_at is None or time.monotonic() - completed_at < self.media_not_ready_seconds
+        if rec is None or account_sid != self.project_id or ext not in ("wav", "mp3") or not_ready:
+            status = 404
+        else:
+            status = 200
+        with self._lock:
+            self.media_requests.append({"sid": sid, "ext": ext, "status": status, "host": request.host,
+                                        "with_auth": request.authorization is not None})
+        if status == 404:
             return self._error(404, 20404, "The requested resource was not found")
-        if ext == "mp3":
-            return Response(MP3_BYTES, mimetype="audio/mpeg")
-        return Response(WAV_BYTES, mimetype="audio/x-wav")
+        audio = make_media(sid, rec["duration"], int(rec["channels"]), ext)
+        chunks = iter(audio)
+        if self._chance(self.media_cut_rate):
+            with self._lock:
+                after = self._rng.randrange(1, max(2, audio.length))
+            chunks = self._cut(chunks, after)
+        return Response(chunks, mimetype=audio.content_type, headers={"Content-Length": str(audio.length)},
+                        direct_passthrough=True)
+
+    @staticmethod
+    def _cut(chunks, after: int):
+        """The stream, broken off after `after` bytes (the connection drops: a short body)."""
+        sent = 0
+        for chunk in chunks:
+            if sent + len(chunk) >= after:
+                yield chunk[: after - sent]
+                raise ConnectionAbortedError("sandbox: media download cut short")
+            sent += len(chunk)
+            yield chunk
+
+    def _delete(self, account_sid: str, name: str) -> Response:
+        """DELETE …/Recordings/{sid}[.json]: 204, then the recording and its media are gone (404)."""
+        if not self._authorized(account_sid):
+            return self._unauthorized()
+        sid = name[:-5] if name.endswith(".json") else name
+        with self._lock:
+            if self._recordings.pop(sid, None) is None:
+                return self._error(404, 20404, "The requested resource was not found")
+            self.deleted[sid] = time.time()
+        return Response(status=204)
 
     def _list(self, account_sid: str) -> Response:
         if not self._authorized(account_sid):

@@ -67,7 +67,7 @@ HTTP_DURATION = histogram(
 )
 SIGNALWIRE_REQUESTS = counter(
     "recording_keeper_signalwire_requests_total",
-    "Requests to SignalWire's REST API, by operation (create, fetch, list) and HTTP status "
+    "Requests to SignalWire's REST API, by operation (create, fetch, list, media, delete) and HTTP status "
     "(or error: no answer).",
     ["operation", "status"],
 )

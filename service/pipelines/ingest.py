@@ -36,6 +36,8 @@ RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3600, 3600, 3600
 RESULT_TTL = 600
 # An inbox row's payload is the event's, plus the request id it came with under this key.
 INBOX_REQUEST_ID = "request_id"
+# Drains (INBOX_DRAIN_INTERVAL apart) that try an unreadable inbox row before setting it aside.
+INBOX_TRIES = 5
 FAILURE_TTL = 7 * 24 * 3600
 
 # KEYS: set of queues, job template, queue key, then per event: dedupe key, job key.
@@ -75,6 +77,19 @@ return created
 """
 
 Outcome = Literal["queued", "duplicate", "inbox"]
+
+# Redis cannot take writes for now: out of reach (connection lost or refused, a timeout,
+# still loading its data), a replica after a failover (read-only), or full (OOM under
+# Heroku Redis's default noeviction; from a script, a plain ResponseError). The inbox
+# keeps the callback until the workers' drain gets it into Redis.
+REDIS_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError,
+                redis.exceptions.OutOfMemoryError)
+
+
+def redis_outage(exc: redis.RedisError) -> bool:
+    if isinstance(exc, REDIS_OUTAGE):
+        return True
+    return isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc)
 
 
 class Unavailable(Exception):
@@ -184,10 +199,15 @@ class Ingest:
         return self._template
 
     def submit(self, event: CallbackEvent, request_id: str | None = None) -> Outcome:
-        """Queue one callback from a web request; concurrent requests share a round trip."""
+        """Queue one callback from a web request; concurrent requests share a round trip.
+
+        Raises any other Redis error (a failing script, a key of the wrong type): the inbox
+        would only hold the callback for a drain that fails the same way."""
         try:
             return "queued" if self._group.submit((event, request_id)) else "duplicate"
         except redis.RedisError as exc:
+            if not redis_outage(exc):
+                raise
             log.warning("redis unavailable (%s); keeping callback %s in the inbox", type(exc).__name__, event.dedupe_key)
         try:
             payload = event.to_payload()
@@ -200,13 +220,14 @@ class Ingest:
         return "inbox"
 
     def drain_inbox(self, batch: int = 200) -> int:
-        """Move inbox rows into RQ; a row is deleted only after its job exists.
+        """Move inbox rows into RQ, oldest first; a row is deleted only after its job exists.
 
-        A row this release cannot read (written by another one) stays for an operator, and
-        does not hold up the rows behind it."""
-        moved = 0
+        A row this release cannot read (written by another one, say) holds up nothing: the
+        drain pages on past it, and after INBOX_TRIES tries it is set aside, kept in the
+        database for an operator (`python -m service failed`) and no longer taken."""
+        moved, after_id = 0, None
         while True:
-            rows = self.store.inbox_take(batch)
+            rows = self.store.inbox_take(batch, after_id=after_id)
             items, done = [], []
             for row_id, payload in rows:
                 try:
@@ -215,12 +236,20 @@ class Ingest:
                     items.append((CallbackEvent.from_payload(payload), request_id))
                     done.append(row_id)
                 except (TypeError, ValueError) as exc:
-                    log.error("inbox row %s cannot be read (%s); left in the inbox", row_id, type(exc).__name__)
+                    self._unreadable(row_id, exc)
             self.enqueue_many(items)
             self.store.inbox_delete(done)
             moved += len(done)
-            if len(rows) < batch or not done:
+            if len(rows) < batch:
                 return moved
+            after_id = rows[-1][0]
+
+    def _unreadable(self, row_id: int, exc: Exception) -> None:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if self.store.inbox_failed(row_id, error, set_aside_after=INBOX_TRIES):
+            log.error("inbox row %s cannot be read (%s); set aside after %d tries", row_id, error, INBOX_TRIES)
+        else:
+            log.warning("inbox row %s cannot be read (%s); tried again at the next drain", row_id, error)
 
 
 class GroupCommit:
@@ -283,4 +312,5 @@ class _Ticket:
         if self.error is None:
             return self.result
         # Each waiter raises its own copy: threads re-raising one object would tangle its traceback.
-        raise copy.copy(self.error)
+        # The original, chained as the cause, keeps where the error came from for the logs.
+        raise copy.copy(self.error) from self.error

@@ -9,10 +9,16 @@ callbacks left unfinished or never told us about.
     fetches failed for good, or the API still lagged): fetch its metadata and store it.
     Errors are recorded on the recording (`attempts`, `last_error`). A 404 is recorded the
     same way and the recording is left unfinished: it is retried by the next sweeps and stays
-    visible to operators, never deleted or guessed terminal.
+    visible to operators, never deleted or guessed terminal. Except for an `absent` one:
+    SignalWire may never create its resource, so the 404 is its final answer (it keeps its
+    status and is not fetched again; see Store.note_attempt).
 (b) when `list_hours > 0`: list the account's recordings created in the last `list_hours`
     hours and store every one the store does not have, or has unfinished as in (a)
     (a `<Record>` verb whose callbacks were all dropped is found only this way).
+(c) when the media archive is on (`archive` given): queue the archive job of completed
+    recordings whose media has no archived copy (never queued, e.g. completed by this sweep;
+    queued and lost; or failed for good), at most `archive_limit`, the least tried first; a
+    recording whose job is still on its way is left to it.
 
 Rate limits: the client already waits out short Retry-After values (bounded by its
 `max_retry_wait`). A 429 (or a 503 with Retry-After) that is still there after that stops
@@ -26,6 +32,7 @@ import dataclasses
 import logging
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 import redis
 from redis.exceptions import LockError
@@ -40,6 +47,7 @@ LOCK_KEY = "recording-keeper:sweep:lock"
 FINISHED_KEY = "recording-keeper:sweep:finished-at"
 DEFAULT_LOCK_TTL = 600
 DEFAULT_LIMIT = 500
+DEFAULT_ARCHIVE_LIMIT = 200
 
 
 @dataclasses.dataclass
@@ -48,6 +56,7 @@ class SweepReport:
     stored: int = 0  # recordings whose metadata was stored (both passes)
     failed: int = 0  # fetches or writes that failed (recorded on the recording where possible)
     listed: int = 0  # recordings the list endpoint returned (pass b)
+    archive_queued: int = 0  # archive jobs queued for completed recordings without a copy (pass c)
     skipped_locked: bool = False  # another sweep was running: nothing done
     rate_limited: bool = False  # stopped early on a rate limit
     retry_after: float | None = None  # what SignalWire asked us to wait, when it said
@@ -59,7 +68,7 @@ class SweepReport:
             return "sweep skipped: another sweep is running"
         text = (
             f"sweep: checked={self.checked} stored={self.stored} failed={self.failed} listed={self.listed} "
-            f"in {self.seconds:.1f}s"
+            f"archive_queued={self.archive_queued} in {self.seconds:.1f}s"
         )
         if self.rate_limited:
             wait = f" (retry after {self.retry_after:.0f}s)" if self.retry_after is not None else ""
@@ -87,6 +96,8 @@ def sweep(
     lock_ttl: int = DEFAULT_LOCK_TTL,
     limit: int = DEFAULT_LIMIT,
     now: datetime | None = None,
+    archive: Callable[[str], bool] | None = None,
+    archive_limit: int = DEFAULT_ARCHIVE_LIMIT,
 ) -> SweepReport:
     """Run one sweep now (see the module docstring). Never raises for SignalWire or per-row
     database errors; raises only when Redis (the lock) or the first database read fails."""
@@ -109,6 +120,9 @@ def sweep(
             report.retry_after = limited.error.retry_after
             report.errors.append(str(limited.error))
             log.warning("sweep stopped early: rate limited (%s)", limited.error)
+        if archive is not None:  # needs nothing from SignalWire: runs even when rate limited
+            _sweep_unarchived(store, archive, report, keeper, now - timedelta(seconds=older_than_seconds),
+                              archive_limit)
     finally:
         report.seconds = time.monotonic() - started
         try:
@@ -149,9 +163,9 @@ def _note(report: SweepReport, message: str) -> None:
         report.errors.append(message)
 
 
-def _note_attempt(store, sid: str, error: str) -> None:
+def _note_attempt(store, sid: str, error: str, not_found: bool = False) -> None:
     try:
-        store.note_attempt(sid, error)
+        store.note_attempt(sid, error, not_found=not_found)
     except Exception as exc:  # the database may be the problem: best effort
         log.warning("could not record the error on %s: %s", sid, type(exc).__name__)
 
@@ -165,8 +179,7 @@ def _sweep_unfinished(store, client, report: SweepReport, keeper: _LockKeeper, o
         except SignalWireError as exc:
             if _is_rate_limit(exc):
                 raise _RateLimited(exc) from None
-            # 404 included: recorded and left unfinished for the next sweeps (see above).
-            _note_attempt(store, sid, f"sweep: {exc}")
+            _note_attempt(store, sid, f"sweep: {exc}", not_found=exc.status == 404)
             _note(report, f"{sid}: {exc}")
             continue
         try:
@@ -176,6 +189,22 @@ def _sweep_unfinished(store, client, report: SweepReport, keeper: _LockKeeper, o
             _note(report, f"{sid}: database error: {type(exc).__name__}")
             continue
         report.stored += 1
+
+
+def _sweep_unarchived(store, archive: Callable[[str], bool], report: SweepReport, keeper: _LockKeeper,
+                      older_than: datetime, limit: int) -> None:
+    try:
+        sids = store.unarchived(older_than=older_than, limit=limit)
+    except Exception as exc:
+        _note(report, f"media: database error: {type(exc).__name__}")
+        return
+    for sid in sids:
+        keeper.touch()
+        try:
+            if archive(sid):
+                report.archive_queued += 1
+        except Exception as exc:  # Redis or the database: the next sweep tries again
+            _note(report, f"{sid}: could not queue its archive job: {type(exc).__name__}")
 
 
 def _sweep_listing(store, client, report: SweepReport, keeper: _LockKeeper, created_after: datetime):

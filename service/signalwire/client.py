@@ -4,6 +4,9 @@ One urllib3 connection pool, HTTP Basic (project id, API token), connect/read ti
 small retry policy: 429/503 always retryable; 500/502/504 and transport errors only for GET; a
 POST is otherwise retried only when the request provably never left (connect failure), because
 re-sending a create could start a second recording.
+
+A create also has a budget across all its attempts and waits (`create_budget`): the API request
+that waits on it must answer before Heroku's router gives up at 30 s.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from requests.utils import select_proxy
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError
 
 from service.domain.recordings import Recording, parse_int
+from service.media.verified import VerifiedCopy
 from service.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,11 @@ API_PREFIX = "/api/laml/2010-04-01"
 DEFAULT_EVENTS = ("in-progress", "completed", "absent")
 _ALWAYS_RETRYABLE = frozenset({429, 503})
 _GET_RETRYABLE = frozenset({500, 502, 504})
+# Sent again after a 5xx or a broken connection: repeating them changes nothing.
+_IDEMPOTENT = frozenset({"GET", "DELETE"})
+# Media downloads follow a redirect (to a file host, say); urllib3 drops the Authorization
+# header when the host changes. Nothing else is retried here: _request's loop does that.
+_MEDIA_REDIRECTS = urllib3.Retry(total=3, connect=0, read=0, status=0, other=0, redirect=3)
 
 
 def space_base_url(space: str) -> str:
@@ -83,7 +92,7 @@ class SignalWireError(Exception):
             return True
         if self.status is None and not self.sent:
             return True
-        if self.method == "GET":
+        if self.method in _IDEMPOTENT:
             return self.status is None or self.status in _GET_RETRYABLE
         return False
 
@@ -181,12 +190,16 @@ class SignalWireClient:
         read_timeout: float = 10.0,
         max_retries: int = 2,
         max_retry_wait: float = 5.0,
+        create_budget: float = 22.0,
     ) -> None:
         self.base_url = space_base_url(base_url)
         self.project_id = project_id
         self._token = api_token
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        # Seconds a create may take in all: with the API's own work around it, the start
+        # request answers within 25 s (a 504 when SignalWire is slower), under Heroku's 30 s.
+        self.create_budget = create_budget
         self._account_path = f"{API_PREFIX}/Accounts/{quote(project_id, safe='')}"
         # urllib3 itself, not a requests.Session over it: a Session spent half a worker's
         # fetch in its own Python (merging settings, cookies, hooks), about 250 µs of CPU.
@@ -222,7 +235,9 @@ class SignalWireClient:
         channels: str = "mono",
         track: str = "both",
         trim: str = "do-not-trim",
+        budget: float | None = None,
     ) -> Recording:
+        """`budget`: seconds for every attempt together (default `create_budget`)."""
         # Trim is always sent: its default changed between versions of SignalWire's docs.
         form = {
             "RecordingChannels": channels,
@@ -233,7 +248,8 @@ class SignalWireClient:
             "Trim": trim,
         }
         path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
-        return self._recording(self._request("POST", self.base_url + path, form, operation="create"))
+        budget = self.create_budget if budget is None else budget
+        return self._recording(self._request("POST", self.base_url + path, form, budget=budget, operation="create"))
 
     def fetch_recording(self, sid: str) -> Recording:
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
@@ -252,8 +268,10 @@ class SignalWireClient:
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         page_size: int = 1000,
+        budget: float | None = None,
     ) -> Iterator[Recording]:
-        """Newest first; follows `next_page_uri` (relative) but never onto another host."""
+        """Newest first; follows `next_page_uri` (relative) but never onto another host.
+        `budget`: seconds for each page's attempts together (none by default)."""
         params: dict[str, Any] = {"PageSize": page_size}
         if call_sid:
             params["CallSid"] = call_sid
@@ -263,7 +281,7 @@ class SignalWireClient:
             params["DateCreated<"] = _rfc2822(created_before)
         url: str | None = f"{self.base_url}{self._account_path}/Recordings.json"
         while url:
-            page = self._request("GET", url, params, operation="list")
+            page = self._request("GET", url, params, budget=budget, operation="list")
             for item in page.get("recordings") or ():
                 yield self._recording(item)
             url, params = self._next_page(page.get("next_page_uri")), None
@@ -272,6 +290,30 @@ class SignalWireClient:
         if fmt not in ("wav", "mp3"):
             raise ValueError(f"unsupported media format {fmt!r}")
         return f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.{fmt}"
+
+    def open_media(self, sid: str, fmt: str = "wav") -> urllib3.BaseHTTPResponse:
+        """The recording's audio as an open stream (read it, then `release_conn()`), from the
+        configured space by sid, never from a URL a callback carried. Sent with the API
+        credentials, so it works whether or not the account requires auth on media. Errors as
+        for any GET (SignalWireError; 429, 5xx and broken connections retried); urllib3 fails a
+        read that ends before Content-Length."""
+        url = self.media_url(sid, fmt)
+        return self._request("GET", url, send=self._open_stream, operation="media")
+
+    def delete_recording(self, copy: VerifiedCopy) -> bool:
+        """Delete the recording (media and all) at SignalWire. It takes the proof that a verified
+        copy exists, and nothing else: there is no way to call it for a bare sid. True when
+        deleted (204), False when it was already gone (404)."""
+        if not isinstance(copy, VerifiedCopy):
+            raise TypeError("delete_recording() needs the recording's VerifiedCopy")
+        url = f"{self.base_url}{self._account_path}/Recordings/{quote(copy.sid, safe='')}.json"
+        try:
+            self._request("DELETE", url, operation="delete")
+        except SignalWireError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -291,13 +333,19 @@ class SignalWireClient:
         except ValueError as exc:
             raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
 
-    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *, operation: str) -> dict:
-        """`fields`: the query of a GET, the urlencoded form of a POST; `operation` names the
-        request in metrics.SIGNALWIRE_REQUESTS (each attempt is counted)."""
+    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *, operation: str,
+                 budget: float | None = None, send=None) -> Any:
+        """`fields`: the query of a GET, the urlencoded form of a POST. `operation` names the
+        request in metrics.SIGNALWIRE_REQUESTS (each attempt is counted). `budget`: seconds for
+        every attempt and wait together; past it, a timeout error (no attempt is started that
+        could not finish in time, no wait that would end past it). `send`: one attempt
+        (default `_once`, a JSON call)."""
+        deadline = None if budget is None else time.monotonic() + budget
         attempt = 0
+        send = send or self._once
         while True:
             try:
-                return self._once(method, url, fields, operation)
+                return send(method, url, fields, deadline, operation)
             except SignalWireError as err:
                 if not err.retryable or attempt >= self.max_retries:
                     raise
@@ -307,16 +355,46 @@ class SignalWireClient:
                     wait = err.retry_after
                 else:
                     wait = min(self.max_retry_wait, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise  # the answer it has is better than a timeout after waiting for nothing
                 attempt += 1
                 log.info("signalwire %s %s: %s; retry %d in %.2fs", method, urlsplit(url).path, err, attempt, wait)
                 time.sleep(wait)
 
-    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, operation: str) -> dict:
+    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, deadline: float | None,
+              operation: str) -> dict:
         # A GET's fields go into the query, a POST's into a urlencoded form, as SignalWire expects.
         form = {"encode_multipart": False} if method == "POST" else {}
+        response = self._send(method, url, operation, fields=fields, headers=self._headers,
+                              timeout=self._timeout_until(deadline, method, url), retries=False, redirect=False,
+                              **form)
+        if response.status == 204 and method == "DELETE":
+            return {}
+        body = _json(response)
+        if not isinstance(body, dict):
+            raise SignalWireError("response body is not a JSON object", status=response.status, final=True)
+        return body
+
+    def _open_stream(self, method: str, url: str, fields: None, deadline: float | None,
+                     operation: str) -> urllib3.BaseHTTPResponse:
+        return self._send(method, url, operation, headers={**self._headers, "Accept": "*/*"},
+                          timeout=self._timeout_until(deadline, method, url), retries=_MEDIA_REDIRECTS,
+                          preload_content=False)
+
+    def _timeout_until(self, deadline: float | None, method: str, url: str) -> urllib3.Timeout:
+        if deadline is None:
+            return self._timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SignalWireError(f"no answer within the time allowed on {method} {urlsplit(url).path}",
+                                  timeout=True, method=method, final=True)
+        return urllib3.Timeout(connect=min(self._timeout.connect_timeout, left),
+                               read=min(self._timeout.read_timeout, left), total=left)
+
+    def _send(self, method: str, url: str, operation: str, **options: Any) -> urllib3.BaseHTTPResponse:
+        """One request; a transport error or a non-2xx answer raises SignalWireError."""
         try:
-            response = self._http.request(method, url, fields=fields, headers=self._headers, timeout=self._timeout,
-                                          retries=False, redirect=False, **form)
+            response = self._http.request(method, url, **options)
         except HTTPError as exc:
             metrics.SIGNALWIRE_REQUESTS.labels(operation, "error").inc()
             raise SignalWireError(
@@ -329,6 +407,9 @@ class SignalWireClient:
         metrics.SIGNALWIRE_REQUESTS.labels(operation, str(response.status)).inc()
         log.debug("signalwire %s %s -> %d", method, urlsplit(url).path, response.status)
         if not 200 <= response.status < 300:
+            if not options.get("preload_content", True):
+                response.data  # noqa: B018 - read (and keep) the error's body, then free the connection
+                response.release_conn()
             code, message, more_info = _parse_error_body(response)
             raise SignalWireError(
                 self._scrub(message or response.reason or "HTTP error"),
@@ -338,10 +419,7 @@ class SignalWireClient:
                 retry_after=_retry_after(response),
                 method=method,
             )
-        body = _json(response)
-        if not isinstance(body, dict):
-            raise SignalWireError("response body is not a JSON object", status=response.status, final=True)
-        return body
+        return response
 
     def _scrub(self, text: str) -> str:
         """Belt and braces: never let the token out through a message echoed by a server."""

@@ -19,6 +19,9 @@ TERMINAL_RANK = 3
 # What the reconciliation sweep still has to fetch (Store.unfinished), as its partial index
 # ix_recordings_unfinished is defined: not terminal, or no metadata fetched for its status.
 UNFINISHED = sa.text(f"(status_rank < {TERMINAL_RANK} OR last_fetched_at IS NULL)")
+# Completed recordings whose media has no archived copy: what the sweep queues for archiving
+# (Store.unarchived), as its partial index ix_recordings_media_unarchived is defined.
+MEDIA_UNARCHIVED = sa.text("(status = 'completed' AND (media_status IS NULL OR media_status <> 'archived'))")
 
 
 class UTCDateTime(sa.TypeDecorator):
@@ -91,6 +94,16 @@ class RecordingRow(Base):
     updated_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(default=0, server_default="0")
     last_error: Mapped[str | None] = mapped_column(sa.Text)
+    # The media archive (service.media): NULL status until the recording is queued for it.
+    media_status: Mapped[str | None] = mapped_column(sa.String(16))  # pending, archived, failed
+    media_key: Mapped[str | None] = mapped_column(sa.Text)
+    media_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    media_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    media_content_type: Mapped[str | None] = mapped_column(sa.String(64))
+    media_archived_at: Mapped[datetime | None]
+    media_source_deleted_at: Mapped[datetime | None]
+    media_attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    media_error: Mapped[str | None] = mapped_column(sa.Text)
 
     __table_args__ = (
         sa.Index("ix_recordings_created", "created_at", "sid"),
@@ -98,6 +111,9 @@ class RecordingRow(Base):
         sa.Index("ix_recordings_status_created", "status", "created_at", "sid"),
         # Small index for the reconciliation sweep: only unfinished rows are in it.
         sa.Index("ix_recordings_unfinished", "first_seen_at", postgresql_where=UNFINISHED, sqlite_where=UNFINISHED),
+        sa.Index("ix_recordings_media_unarchived", "media_attempts", "first_seen_at",
+                 postgresql_where=MEDIA_UNARCHIVED, sqlite_where=MEDIA_UNARCHIVED),
+        sa.Index("ix_recordings_media_status_created", "media_status", "created_at", "sid"),
     )
 
 
@@ -120,3 +136,84 @@ class InboxRow(Base):
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    # A row the drain could not handle: its tries, the last error, and when it was set aside
+    # (kept for an operator, skipped by the drain).
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    set_aside_at: Mapped[datetime | None]
+
+
+class IdempotencyKeyRow(Base):
+    """The start-recording API's Idempotency-Keys (service.store.idempotency)."""
+
+    __tablename__ = "idempotency_keys"
+
+    # SHA-256 of the API token the key came with: keys are the token's own, and the token
+    # itself is never stored.
+    scope: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    # SHA-256 of the request (path and validated body): a key reused for another request is refused.
+    fingerprint: Mapped[str] = mapped_column(sa.String(64))
+    # Set while the first request is in flight; NULL once its answer is kept.
+    lock: Mapped[str | None] = mapped_column(sa.String(32))
+    claimed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    status: Mapped[int | None]
+    body: Mapped[dict[str, Any] | None]
+    headers: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (sa.Index("ix_idempotency_keys_expires", "expires_at"),)
+
+
+# --- outbound notifications (service.notify) ---------------------------------------------
+
+# Deliveries the sender has to attempt (pending, due or leased): the partial index's condition.
+PENDING = sa.text("status = 'pending'")
+
+
+class NotificationEndpointRow(Base):
+    __tablename__ = "notification_endpoints"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    description: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    # Subscribed event types, space-separated between spaces (" a b "); empty means all. Text,
+    # so the outbox's INSERT ... SELECT filters on it the same way on both databases.
+    events: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    disabled: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text)
+    # [{"key": "whsec_...", "expires_at": ISO 8601 or null}]: every key still signing. Kept as
+    # written: HMAC needs the secret itself.
+    secrets: Mapped[list[Any]] = mapped_column(json_type())
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class NotificationDeliveryRow(Base):
+    __tablename__ = "notification_deliveries"
+
+    # The message's webhook-id, the same on every attempt.
+    id: Mapped[str] = mapped_column(sa.String(80), primary_key=True)
+    endpoint_id: Mapped[str] = mapped_column(
+        sa.String(32), sa.ForeignKey("notification_endpoints.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(sa.String(32))
+    recording_sid: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]]
+    # pending (waiting, or leased to a sender until next_attempt_at), delivered, failed.
+    status: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    last_attempt_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    # The claim of the sender holding it; its result is written only while the claim is its own.
+    lease: Mapped[str | None] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    __table_args__ = (
+        # One message per endpoint, recording and event type: the outbox insert is idempotent.
+        sa.UniqueConstraint("endpoint_id", "recording_sid", "event_type", name="uq_notification_deliveries_event"),
+        sa.Index("ix_notification_deliveries_due", "next_attempt_at", postgresql_where=PENDING, sqlite_where=PENDING),
+        sa.Index("ix_notification_deliveries_endpoint", "endpoint_id", "created_at", "id"),
+    )

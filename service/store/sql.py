@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import secrets
 import time
@@ -22,8 +23,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from service.store.models import TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow, RecordingRow, UTCDateTime
+from service.store.models import (MEDIA_UNARCHIVED, TERMINAL_RANK, UNFINISHED, InboxRow, RecordingEventRow,
+                                  RecordingRow, UTCDateTime)
 from service.domain.recordings import CallbackEvent, Recording, format_time, status_rank
+from service.notify.events import ARCHIVED, STARTED, terminal_event
+from service.store import notifications
+from service.media.verified import VerifiedCopy
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -41,8 +46,10 @@ BACKLOG = sa.select(
 )
 # Recording fields that map 1:1 onto columns (everything but the primary key).
 METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(Recording) if f.name != "sid")
-# What get()/list() return: every column but the internal status_rank.
+# What get()/list() return: every column but the internal status_rank, with the media_*
+# columns under "media" (see _public).
 PUBLIC_COLUMNS = tuple(c for c in R.c if c.name != "status_rank")
+MEDIA_COLUMNS = {c.name: c.name.removeprefix("media_") for c in R.c if c.name.startswith("media_")}
 # Fields a callback carries that also describe the recording.
 EVENT_FIELDS = ("account_sid", "call_sid", "conference_sid", "channels", "duration", "source", "track", "start_time")
 # What the recordings columns can hold, for _fit().
@@ -124,12 +131,19 @@ def temporary_schema(server_url: str, prefix: str) -> Iterator[str]:
 
 
 class Store:
-    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, ping_after_idle: float = PING_AFTER_IDLE_S, *, pool_size: int | None = None,
+                 max_overflow: int | None = None, **engine_kwargs: Any) -> None:
+        """`pool_size` connections are kept, up to `max_overflow` more opened in a burst (None:
+        SQLAlchemy's 5 and 10). An in-memory SQLite database has one connection per thread."""
         self.url = database_url(url)
         connect_args = engine_kwargs.setdefault("connect_args", {})
         backend = self.url.get_backend_name()
+        in_memory = backend == "sqlite" and self.url.database in (None, "", ":memory:")
+        if not in_memory:
+            pool = {"pool_size": pool_size, "max_overflow": max_overflow}
+            engine_kwargs.update({k: v for k, v in pool.items() if v is not None})
         if backend == "sqlite":
-            if self.url.database and self.url.database != ":memory:":
+            if not in_memory:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
             connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
             # Pooled connections are handed between threads, one user at a time.
@@ -172,6 +186,11 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    @functools.cached_property
+    def notifications(self) -> notifications.Notifications:
+        """Notification endpoints and deliveries (service.store.notifications)."""
+        return notifications.Notifications(self)
+
     @contextmanager
     def _write(self, pipelined: bool = False) -> Iterator[Connection]:
         """One write transaction (on SQLite it takes the write lock up front, see below).
@@ -192,11 +211,16 @@ class Store:
         """Our API started this recording: keep what we asked for."""
         with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, started_by_us=True, requested=requested)
+            notifications.enqueue_event(conn, STARTED, recording.sid)
+        notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def save_metadata(self, recording: Recording) -> None:
         """Metadata fetched from the REST API."""
         with self._write(pipelined=True) as conn:
             self._upsert(conn, recording, last_fetched_at=_now(), last_error=None)
+            notify = self._notify_outcome(conn, recording)
+        if notify:
+            notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def record_event(self, event: CallbackEvent, metadata: Recording | None = None) -> None:
         """Store a status callback, and with it the metadata fetched for it, in one transaction.
@@ -209,6 +233,7 @@ class Store:
                       received_at=event.received_at, sid=event.recording_sid, status_rank=status_rank(event.status),
                       created_at=event.received_at, first_seen_at=event.received_at, updated_at=now)
         _fit(values, EVENT_FIELDS)
+        notify = False
         with self._write(pipelined=True) as conn:
             if self._postgres:
                 conn.execute(self._sql["record"], values)
@@ -216,6 +241,18 @@ class Store:
                 conn.execute(self._sql["advance"], values)
             if metadata is not None:
                 self._upsert(conn, metadata, last_fetched_at=now, last_error=None)
+                notify = self._notify_outcome(conn, metadata)
+        if notify:
+            notifications.wake_sender.set()
+
+    def _notify_outcome(self, conn: Connection, metadata: Recording) -> bool:
+        """Metadata stored at a terminal status tells the endpoints (once per recording and
+        event: a repeated write adds nothing), if the stored row now holds that status."""
+        event_type = terminal_event(metadata.status)
+        if event_type is None:
+            return False
+        notifications.enqueue_event(conn, event_type, metadata.sid, if_status=metadata.status)
+        return True
 
     def _upsert(self, conn: Connection, recording: Recording, **own: Any) -> None:
         now = _now()
@@ -304,11 +341,18 @@ class Store:
             statements["record"] = advance(postgresql.insert(R).from_select(seen, source, include_defaults=False))
         return statements
 
-    def note_attempt(self, sid: str, error: str | None) -> None:
+    def note_attempt(self, sid: str, error: str | None, *, not_found: bool = False) -> None:
+        """A failed fetch: counted, its error kept. `not_found` (the API answered 404) is final
+        for a recording whose status is `absent`: SignalWire received no audio and may never
+        create a resource, so last_fetched_at records that the API was asked and answered, and
+        the sweep leaves it (see unfinished()). Decided in SQL, on the stored status."""
+        now = _now()
+        values = {"attempts": R.c.attempts + 1, "last_error": error, "updated_at": now}
+        if not_found:
+            values["last_fetched_at"] = sa.case((R.c.status == "absent", sa.literal(now, UTCDateTime())),
+                                                else_=R.c.last_fetched_at)
         with self._write(pipelined=True) as conn:
-            conn.execute(
-                sa.update(R).where(R.c.sid == sid).values(attempts=R.c.attempts + 1, last_error=error, updated_at=_now())
-            )
+            conn.execute(sa.update(R).where(R.c.sid == sid).values(values))
 
     # --- reads -------------------------------------------------------------------------
 
@@ -322,7 +366,7 @@ class Store:
                 .where(E.c.recording_sid == sid)
                 .order_by(E.c.received_at, E.c.id)
             ).mappings()
-            out = _json_ready(row)
+            out = _public(row)
             out["events"] = [_json_ready(event) for event in events]
         return out
 
@@ -335,6 +379,7 @@ class Store:
         created_before: datetime | None = None,
         cursor: str | None = None,
         limit: int = 100,
+        media_status: str | None = None,
     ) -> tuple[list[dict], str | None]:
         """Newest first; created_after is inclusive, created_before exclusive.
 
@@ -348,22 +393,14 @@ class Store:
             query = query.where(R.c.call_sid == call_sid)
         if status is not None:
             query = query.where(R.c.status == status)
+        if media_status is not None:
+            query = query.where(R.c.media_status == media_status)
         if created_after is not None:
             query = query.where(R.c.created_at >= created_after)
         if created_before is not None:
             query = query.where(R.c.created_at < created_before)
-        if cursor is not None:
-            after_time, after_sid = decode_cursor(cursor)
-            query = query.where(
-                sa.tuple_(R.c.created_at, R.c.sid)
-                < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_sid, R.c.sid.type))
-            )
-        query = query.order_by(R.c.created_at.desc(), R.c.sid.desc()).limit(limit + 1)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).mappings().all()
-        page = rows[:limit]
-        next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["sid"]) if len(rows) > limit else None
-        return [_json_ready(row) for row in page], next_cursor
+        page, next_cursor = keyset_page(self.engine, query, R.c.created_at, R.c.sid, cursor, limit)
+        return [_public(row) for row in page], next_cursor
 
     def unfinished(self, *, older_than: datetime, limit: int = 500) -> list[str]:
         """Recordings for the reconciliation sweep, first seen before `older_than`: those whose
@@ -394,6 +431,70 @@ class Store:
             inbox, unfinished = conn.execute(BACKLOG).one()
         return int(inbox), int(unfinished)
 
+    # --- the media archive (service.media) ------------------------------------------------
+
+    def archive_state(self, sid: str) -> dict | None:
+        """What archiving one recording needs to know about it (None: no such recording)."""
+        columns = (R.c.sid, R.c.status, R.c.account_sid, R.c.date_created, R.c.created_at, R.c.end_time,
+                   R.c.date_updated, R.c.duration, *(R.c[name] for name in MEDIA_COLUMNS))
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(*columns).where(R.c.sid == sid)).mappings().first()
+        return None if row is None else dict(row)
+
+    def media_queued(self, sid: str) -> None:
+        """Queued for archiving: `pending`, unless a verified copy already exists."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_status="pending")
+
+    def media_failed(self, sid: str, error: str, *, final: bool) -> None:
+        """One attempt failed: counted, with its error; `failed` once no retry is left."""
+        self._media_update(sid, R.c.media_status.is_distinct_from("archived"), media_error=error[:2000],
+                           media_status="failed" if final else "pending", media_attempts=R.c.media_attempts + 1)
+
+    def media_archived(self, sid: str, *, key: str, size: int, sha256: str, content_type: str) -> None:
+        """The copy was read back and matched the download: the recording is archived, and the
+        `recording.archived` notification is written in the same transaction. The first
+        verification stands: a second run of the job (a worker presumed dead) changes nothing."""
+        content_type = content_type[:64]
+        with self._write() as conn:
+            changed = conn.execute(
+                sa.update(R).where(R.c.sid == sid, R.c.media_status.is_distinct_from("archived")).values(
+                    media_status="archived", media_key=key, media_bytes=size, media_sha256=sha256,
+                    media_content_type=content_type, media_archived_at=_now(), media_error=None, updated_at=_now()))
+            if changed.rowcount:
+                notifications.enqueue_event(conn, ARCHIVED, sid,
+                                            media={"sha256": sha256, "bytes": size, "content_type": content_type})
+
+    def media_source_deleted(self, sid: str) -> None:
+        self._media_update(sid, R.c.media_status == "archived", media_source_deleted_at=_now())
+
+    def verified_copy(self, sid: str) -> VerifiedCopy | None:
+        """The proof a deletion at SignalWire needs, read fresh: the recording's verified copy."""
+        query = sa.select(R.c.media_key, R.c.media_bytes, R.c.media_sha256, R.c.media_content_type,
+                          R.c.media_archived_at).where(R.c.sid == sid, R.c.media_status == "archived")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None or not (row.media_key and row.media_sha256 and row.media_bytes is not None):
+            return None
+        return VerifiedCopy(sid, row.media_key, row.media_bytes, row.media_sha256, row.media_content_type or "",
+                            row.media_archived_at)
+
+    def unarchived(self, *, older_than: datetime, limit: int = 100) -> list[str]:
+        """Completed recordings, first seen before `older_than`, whose media has no archived copy
+        (never queued, queued and lost, or failed): the least tried first. Served by the partial
+        index ix_recordings_media_unarchived, which holds only those rows."""
+        query = (
+            sa.select(R.c.sid)
+            .where(MEDIA_UNARCHIVED, R.c.first_seen_at < older_than)
+            .order_by(R.c.media_attempts, R.c.first_seen_at, R.c.sid)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def _media_update(self, sid: str, condition, **values: Any) -> None:
+        with self._write() as conn:
+            conn.execute(sa.update(R).where(R.c.sid == sid, condition).values(**values, updated_at=_now()))
+
     # --- inbox: callbacks parked here while Redis is down --------------------------------
 
     def inbox_put(self, payload: dict) -> int:
@@ -401,12 +502,48 @@ class Store:
             result = conn.execute(sa.insert(INBOX).values(payload=payload, created_at=_now()))
             return int(result.inserted_primary_key[0])
 
-    def inbox_take(self, limit: int = 100) -> list[tuple[int, dict]]:
-        """Oldest first, without removing them: delete after handling. Two takers may get the
-        same items; handling is idempotent (record_event), so that only costs a repeat."""
+    def inbox_take(self, limit: int = 100, after_id: int | None = None) -> list[tuple[int, dict]]:
+        """Oldest first (after `after_id`, to page on), without removing them: delete after
+        handling. Rows set aside are skipped. Two takers may get the same items; handling is
+        idempotent (record_event), so that only costs a repeat."""
+        query = sa.select(INBOX.c.id, INBOX.c.payload).where(INBOX.c.set_aside_at.is_(None))
+        if after_id is not None:
+            query = query.where(INBOX.c.id > after_id)
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(INBOX.c.id, INBOX.c.payload).order_by(INBOX.c.id).limit(limit))
+            rows = conn.execute(query.order_by(INBOX.c.id).limit(limit))
             return [(int(row_id), payload) for row_id, payload in rows]
+
+    def inbox_failed(self, row_id: int, error: str, set_aside_after: int) -> bool:
+        """A row that could not be handled: the try is counted and the error kept; at
+        `set_aside_after` tries the row is set aside (kept, no longer taken). True when this
+        try set it aside."""
+        now = sa.literal(_now(), UTCDateTime())
+        with self._write() as conn:
+            set_aside = conn.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id == row_id, INBOX.c.set_aside_at.is_(None))
+                .values(attempts=INBOX.c.attempts + 1, last_error=error,
+                        set_aside_at=sa.case((INBOX.c.attempts + 1 >= set_aside_after, now), else_=sa.null()))
+                .returning(INBOX.c.set_aside_at)
+            ).scalar()
+        return set_aside is not None
+
+    def inbox_set_aside(self) -> list[dict]:
+        """Rows set aside, oldest first: what an operator needs to see about each."""
+        query = (sa.select(INBOX.c.id, INBOX.c.created_at, INBOX.c.attempts, INBOX.c.last_error, INBOX.c.set_aside_at)
+                 .where(INBOX.c.set_aside_at.is_not(None)).order_by(INBOX.c.id))
+        with self.engine.connect() as conn:
+            return [_json_ready(row) for row in conn.execute(query).mappings()]
+
+    def inbox_release(self, ids: list[int] | None = None) -> list[int]:
+        """Rows set aside go back to the drain, with their tries reset (all of them when `ids`
+        is None). Returns the ids released."""
+        query = sa.update(INBOX).where(INBOX.c.set_aside_at.is_not(None))
+        if ids is not None:
+            query = query.where(INBOX.c.id.in_(list(ids)))
+        with self._write() as conn:
+            released = conn.execute(query.values(set_aside_at=None, attempts=0).returning(INBOX.c.id)).scalars()
+            return sorted(int(row_id) for row_id in released)
 
     def inbox_delete(self, ids: list[int]) -> None:
         if not ids:
@@ -429,6 +566,31 @@ def _alembic_config():
 
 def _json_ready(row: Any) -> dict:
     return {key: format_time(value) if isinstance(value, datetime) else value for key, value in dict(row).items()}
+
+
+def keyset_page(engine: sa.Engine, query: sa.Select, created: sa.Column, key: sa.Column, cursor: str | None,
+                limit: int) -> tuple[list, str | None]:
+    """One page of `query`, newest first on (created, key), after `cursor`; and the next page's
+    cursor (None on the last page). A malformed cursor raises ValueError."""
+    if cursor is not None:
+        after_time, after_key = decode_cursor(cursor)
+        query = query.where(sa.tuple_(created, key)
+                            < sa.tuple_(sa.literal(after_time, UTCDateTime()), sa.literal(after_key, key.type)))
+    query = query.order_by(created.desc(), key.desc()).limit(limit + 1)
+    with engine.connect() as conn:
+        rows = conn.execute(query).mappings().all()
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1][created.name], page[-1][key.name]) if len(rows) > limit else None
+    return page, next_cursor
+
+
+def _public(row: Any) -> dict:
+    """A recording as get() and list() show it: the media_* columns under "media" (None until
+    the recording is queued for archiving)."""
+    out = _json_ready(row)
+    media = {name: out.pop(column) for column, name in MEDIA_COLUMNS.items()}
+    out["media"] = media if media["status"] is not None else None
+    return out
 
 
 def encode_cursor(created_at: datetime, sid: str) -> str:

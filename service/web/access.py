@@ -4,8 +4,8 @@ access line, and its metrics.
 The access line has the method, the path without its query string (a callback's query holds
 its signed parameters), the status, `duration_ms`, the request id and, for callbacks, the
 outcome. A refused callback's access line is its refusal line: it says why (the webhook
-records the reason and its details with `refuse()`), and there are at most 10 a minute per
-reason and process, then one line with the count of the rest.
+records the reason, its message and its details with `refuse()`), and there are at most 10 a
+minute per reason and process, then one line with the count of the rest.
 
 A WSGI middleware around the Flask app rather than Flask's request hooks: it reads the WSGI
 environ directly, where each hook would go through Flask's request proxies, and on the
@@ -27,7 +27,6 @@ from service.observability.request_id import HEADER, request_id_from
 from service.observability.throttle import Throttle
 
 log = logging.getLogger("service.access")
-_refusals = Throttle(log, "refused callbacks")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # A callback's outcome: the webhook's 204 says it in this header; any other answer's outcome,
 # and a refusal's details, the webhook keeps in the request's WSGI environ.
@@ -56,16 +55,19 @@ def callback_outcome(outcome: str) -> None:
     request.environ[OUTCOME] = outcome
 
 
-def refuse(reason: str, **details) -> None:
-    """The callback is refused for `reason` (one of metrics.REFUSAL_REASONS); `details` go on
-    its refusal line. Never a key, a signature or the query string."""
+def refuse(reason: str, logger: logging.Logger, message: str, **details) -> None:
+    """The callback is refused for `reason` (one of metrics.REFUSAL_REASONS): its access line
+    is written by `logger`, says `message` and carries `details`. Never a key, a signature or
+    the query string."""
     request.environ[OUTCOME] = reason
-    request.environ[REFUSAL] = details
+    request.environ[REFUSAL] = (logger, message, details)
 
 
 class AccessLog:
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app
+        # Per app, so per gunicorn worker process (and per test's app).
+        self.refusals = Throttle(logging.getLogger("service.web.webhooks"), "refused callbacks")
 
     def __call__(self, environ: dict, start_response):
         started = time.perf_counter()
@@ -86,33 +88,33 @@ class AccessLog:
         finally:
             status, flask_request, outcome = answered[-1] if answered else ("500", None, None)
             try:
-                _done(environ, int(status[:3]), flask_request, environ.get(OUTCOME, outcome),
-                      time.perf_counter() - started)
+                self._done(environ, int(status[:3]), flask_request, environ.get(OUTCOME, outcome),
+                           time.perf_counter() - started)
             finally:
                 _request_id.set(None)
                 structlog.contextvars.clear_contextvars()  # nothing left for the thread's next request
 
-
-def _done(environ: dict, status: int, flask_request, outcome: str | None, seconds: float) -> None:
-    method = environ.get("REQUEST_METHOD", "")
-    method = method if method in _METHODS else "other"
-    rule = flask_request.url_rule if flask_request is not None else None
-    key = (rule.rule if rule is not None else "unmatched", method, str(status))
-    child = _durations.get(key)
-    if child is None:
-        child = _durations[key] = metrics.HTTP_DURATION.labels(*key)
-    child.observe(seconds)
-    path = flask_request.path if flask_request is not None else environ.get("PATH_INFO", "")
-    fields = {"method": method, "path": path, "status": status, "duration_ms": round(seconds * 1000, 2)}
-    if outcome is not None:
-        counter = _callbacks.get(outcome)
-        if counter is None:
-            counter = _callbacks[outcome] = metrics.CALLBACKS.labels(outcome)
-        counter.inc()
-        fields["outcome"] = outcome
-    refusal = environ.get(REFUSAL)
-    if refusal is not None:
-        if _refusals.allow(outcome):
-            log_fields(log, logging.WARNING, f"callback refused: {outcome}", {**fields, "reason": outcome, **refusal})
-    else:
-        log_fields(log, logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}", fields)
+    def _done(self, environ: dict, status: int, flask_request, outcome: str | None, seconds: float) -> None:
+        method = environ.get("REQUEST_METHOD", "")
+        method = method if method in _METHODS else "other"
+        rule = flask_request.url_rule if flask_request is not None else None
+        key = (rule.rule if rule is not None else "unmatched", method, str(status))
+        child = _durations.get(key)
+        if child is None:
+            child = _durations[key] = metrics.HTTP_DURATION.labels(*key)
+        child.observe(seconds)
+        path = flask_request.path if flask_request is not None else environ.get("PATH_INFO", "")
+        fields = {"method": method, "path": path, "status": status, "duration_ms": round(seconds * 1000, 2)}
+        if outcome is not None:
+            counter = _callbacks.get(outcome)
+            if counter is None:
+                counter = _callbacks[outcome] = metrics.CALLBACKS.labels(outcome)
+            counter.inc()
+            fields["outcome"] = outcome
+        refusal = environ.get(REFUSAL)
+        if refusal is not None:
+            logger, message, details = refusal
+            if self.refusals.allow(outcome):
+                log_fields(logger, logging.WARNING, message, {**fields, "reason": outcome, **details})
+        else:
+            log_fields(log, logging.ERROR if status >= 500 else logging.INFO, f"{method} {path} {status}", fields)

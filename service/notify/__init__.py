@@ -1,0 +1,1 @@
+"""Outbound notifications: signed Standard Webhooks messages to the team's own endpoints."""
