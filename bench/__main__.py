@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     t0 = time.monotonic()
     sections, everything = [], {}
     if "ingest" in only:
-        r = ingest.run(["default"], [16, 64], duration=2 if quick else 5, repeats=1 if quick else 3, floor=True)
+        r = ingest.run(["default"], [16, 64], duration=2 if quick else 5, repeats=1 if quick else 3, floor=True,
+                       quiet=True)
         everything["ingest"] = r
         sections.append(ingest.table(r))
     if "worker" in only:

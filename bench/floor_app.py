@@ -5,4 +5,4 @@ the cost of the web edge alone; what the real webhook loses against it is the ha
 from service import create_app
 
 app = create_app()
-app.extensions["ingest"].submit = lambda event: "queued"
+app.extensions["ingest"].submit = lambda event, request_id=None: "queued"

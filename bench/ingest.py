@@ -4,6 +4,8 @@ both under the same gunicorn configuration, loaded with signed, unique callbacks
 python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...] [--floor]
 
 --floor adds bench/floor_app.py (the webhook without its hand-off to Redis) as a third app.
+--quiet adds bench/quiet_app.py (the webhook without its request id, access line and counters):
+the webhook against it is what they cost, in req/s and in CPU per request.
 
 Where /proc is readable (Linux), each load also reports the CPU time the gunicorn workers and
 Redis spent per request, and the workers' voluntary context switches per request: steadier
@@ -151,7 +153,7 @@ def _load(port: int, bodies: Path, lines, connections: int, duration: float) -> 
     return r
 
 
-def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, floor=False) -> dict:
+def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, floor=False, quiet=False) -> dict:
     results: dict = {"tool": "wrk" if WRK else "python loadgen", "duration_s": duration, "repeats": repeats,
                      "configs": {}}
     with workdir() as tmp, EmbeddedRedis() as rs:
@@ -173,6 +175,8 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
             apps = {"bare": "bench.bare_app:app", "webhook": "service:create_app()"}
             if floor:
                 apps["floor"] = "bench.floor_app:app"
+            if quiet:
+                apps["quiet"] = "bench.quiet_app:app"
             ports = {kind: real_port if kind == "webhook" else free_port() for kind in apps}
             log(f"ingest {name}: starting gunicorn ({', '.join(f'{k} :{v}' for k, v in ports.items())})")
             procs = {}
@@ -186,23 +190,33 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                 for kind in apps:  # warm-up
                     measure(kind, 16, 1)
                 client.flushall()
-                runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": [], "floor": []} for c in connections}
+                runs = {c: {"bare": [], "webhook": [], "ratio": [], "queued": [], "floor": [], "quiet": []}
+                        for c in connections}
                 for rep in range(repeats):
                     for c in connections:
                         if floor:
                             f = measure("floor", c, duration)
                             runs[c]["floor"].append(f)
                         b = measure("bare", c, duration)
+                        if quiet and rep % 2 == 0:  # next to the webhook, first every other run (drift)
+                            q = measure("quiet", c, duration)
+                            client.flushall()
                         w = measure("webhook", c, duration)
                         queued = Queue("recordings", connection=client).count
                         client.flushall()  # fresh dedupe keys: the next run's callbacks are new again
+                        if quiet and rep % 2 == 1:
+                            q = measure("quiet", c, duration)
+                            client.flushall()
+                        if quiet:
+                            runs[c]["quiet"].append(q)
                         runs[c]["bare"].append(b)
                         runs[c]["webhook"].append(w)
                         runs[c]["ratio"].append(w["rps"] / b["rps"])
                         runs[c]["queued"].append(queued)
                         log(f"  {name} c={c} rep={rep}: bare {b['rps']:.0f} req/s p99 {b['p99_ms']:.1f} ms | "
                             f"webhook {w['rps']:.0f} req/s p99 {w['p99_ms']:.1f} ms, queued {queued}/{w['requests']}, "
-                            f"errors {w['errors']}" + (f" | no hand-off {f['rps']:.0f} req/s" if floor else ""))
+                            f"errors {w['errors']}" + (f" | no hand-off {f['rps']:.0f} req/s" if floor else "")
+                            + (f" | observability off {q['rps']:.0f} req/s" if quiet else ""))
                 summary = {}
                 for c, r in runs.items():
                     summary[c] = {
@@ -219,6 +233,12 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                     if floor:
                         summary[c]["floor_rps"] = median(x["rps"] for x in r["floor"])
                         summary[c]["floor_ratio"] = median(f["rps"] / b["rps"] for f, b in zip(r["floor"], r["bare"]))
+                    if quiet:
+                        # The same build with its access line and counters off, run next to it.
+                        summary[c]["quiet_rps"] = median(x["rps"] for x in r["quiet"])
+                        summary[c]["quiet_p99_ms"] = median(x["p99_ms"] for x in r["quiet"])
+                        summary[c]["observability_ratio"] = median(
+                            w["rps"] / q["rps"] for w, q in zip(r["webhook"], r["quiet"]))
                     for kind in apps:
                         for key in ("web_cpu_us", "redis_cpu_us", "web_switches", "machine_idle_pct"):
                             summary[c][f"{kind}_{key}"] = median(x.get(key) for x in r[kind])
@@ -242,6 +262,10 @@ def table(results: dict) -> str:
             rows.append(f"| {name} | {c} | {fmt(s['bare_rps'], 0)} | {fmt(s['bare_p50_ms'])}/{fmt(s['bare_p99_ms'])} | "
                         f"{fmt(s['webhook_rps'], 0)} | {fmt(s['webhook_p50_ms'])}/{fmt(s['webhook_p99_ms'])} | "
                         f"{fmt(s['ratio'], 2)}x | {target} |")
+            if "quiet_rps" in s:
+                rows.append(f"| {name}, webhook without request id, access line and counters (bench/quiet_app.py) "
+                            f"| {c} | | | {fmt(s['quiet_rps'], 0)} | -/{fmt(s['quiet_p99_ms'])} | "
+                            f"webhook/this {fmt(s['observability_ratio'], 3)}x | ≥0.95x |")
             if "floor_rps" in s:
                 rows.append(f"| {name}, webhook without the hand-off (bench/floor_app.py) | {c} | | | {fmt(s['floor_rps'], 0)} | | "
                             f"{fmt(s['floor_ratio'], 2)}x | |")
@@ -249,7 +273,7 @@ def table(results: dict) -> str:
            "|---|---|---|---|---|---|---|"]
     for name, r in results["configs"].items():
         for c, s in r["summary"].items():
-            for kind in ("bare", "floor", "webhook"):
+            for kind in ("bare", "floor", "quiet", "webhook"):
                 if s.get(f"{kind}_web_cpu_us") is not None:
                     cpu.append(f"| {name} | {c} | {kind} | {fmt(s[f'{kind}_web_cpu_us'], 0)} | "
                                f"{fmt(s[f'{kind}_redis_cpu_us'], 0)} | {fmt(s[f'{kind}_web_switches'], 1)} | "
@@ -268,9 +292,11 @@ def main(argv=None) -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--floor", action="store_true", help="also load the webhook without its hand-off to Redis")
+    p.add_argument("--quiet", action="store_true",
+                   help="also load the webhook without its request id, access line and counters")
     a = p.parse_args(argv)
     configs = list(CONFIGS) if a.configs == "all" else a.configs.split(",")
-    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor)
+    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor, a.quiet)
     publish("ingest", res, table(res))
 
 

@@ -18,6 +18,8 @@ function init(args)
          reqs[#reqs + 1] = wrk.format("POST", "/webhooks/recording-status", {
             ["Content-Type"] = "application/x-www-form-urlencoded",
             ["X-SignalWire-Signature"] = sig,
+            -- As Heroku's router sets on every request.
+            ["X-Request-ID"] = string.format("bench-%d-%d", tid, i),
          }, body)
       end
       i = i + 1

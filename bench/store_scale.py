@@ -1,6 +1,8 @@
 """Store at scale: Store.list (common filters, a deep cursor page) and Store.get (with history)
 on ROWS generated recordings (+ about two events each), bulk-inserted with SQL, in PostgreSQL
 and SQLite. Baseline in the same run: a primary-key probe `SELECT 1 FROM recordings WHERE sid=?`.
+Also a whole GET /metrics exposition (service.observability.scrape.render, with an embedded
+Redis) and its database part alone (Store.backlog), whose plans are recorded.
 
 python -m bench.store_scale [--rows 1000000] [--db sqlite,postgresql] [--samples 200] [--passes 3]
 """
@@ -11,11 +13,14 @@ import argparse
 import random
 import time
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import sqlalchemy as sa
 
-from bench.common import database, fmt, log, median, pct, publish, reachable, workdir
-from service.store.sql import Store, encode_cursor
+from bench.common import EmbeddedRedis, database, fmt, log, median, pct, publish, reachable, workdir
+from service.observability import scrape
+from service.services import queue_for, redis_connection
+from service.store.sql import BACKLOG, Store, encode_cursor
 
 BASE = datetime(2026, 1, 1, tzinfo=timezone.utc)
 SPAN_S = 30 * 86400  # created_at spread over 30 days
@@ -86,7 +91,7 @@ def fill(engine: sa.Engine, kind: str, rows: int) -> float:
     return time.monotonic() - t0
 
 
-def measure(store: Store, rows: int, samples: int, passes: int, rng: random.Random) -> dict:
+def measure(store: Store, rows: int, samples: int, passes: int, rng: random.Random, queue) -> dict:
     probe = sa.text("SELECT 1 FROM recordings WHERE sid = :sid")
 
     def pk():
@@ -112,6 +117,8 @@ def measure(store: Store, rows: int, samples: int, passes: int, rng: random.Rand
         "list(status, 1 h window)": lambda: store.list(status="completed", **window()),
         "list(deep cursor)": lambda: store.list(cursor=deep_cursor()),
         "list(status, deep cursor)": lambda: store.list(status="completed", cursor=deep_cursor()),
+        "metrics: backlog counts (database)": store.backlog,
+        "metrics: whole scrape (Redis + database)": lambda: scrape.render(queue, store),
     }
     for fn in cases.values():  # warm the pool, caches and statement cache
         for _ in range(5):
@@ -142,8 +149,9 @@ def explain(store: Store, kind: str, rows: int) -> dict:
     queries = {
         "status": "SELECT sid FROM recordings WHERE status = 'completed' ORDER BY created_at DESC, sid DESC LIMIT 101",
         "call_sid": f"SELECT sid FROM recordings WHERE call_sid = '{call_of(rows // 2)}' ORDER BY created_at DESC, sid DESC LIMIT 101",
+        "metrics backlog": str(BACKLOG.compile(store.engine, compile_kwargs={"literal_binds": True})),
     }
-    prefix = "EXPLAIN QUERY PLAN " if kind == "sqlite" else "EXPLAIN "
+    prefix = "EXPLAIN QUERY PLAN " if kind == "sqlite" else "EXPLAIN (ANALYZE, BUFFERS) "
     with store.engine.connect() as conn:
         for name, q in queries.items():
             plans[name] = [" ".join(str(c) for c in row) for row in conn.exec_driver_sql(prefix + q)]
@@ -151,7 +159,8 @@ def explain(store: Store, kind: str, rows: int) -> dict:
 
 
 def run(kind: str, rows: int, samples: int, passes: int) -> dict:
-    with workdir() as tmp, database(kind, tmp) as url:
+    with workdir() as tmp, database(kind, tmp) as url, EmbeddedRedis() as redis_server:
+        queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_connection(redis_server.url))
         store = Store(url)
         try:
             log(f"store {kind}: inserting {rows} recordings + events")
@@ -161,7 +170,10 @@ def run(kind: str, rows: int, samples: int, passes: int) -> dict:
                 ne = conn.exec_driver_sql("SELECT count(*) FROM recording_events").scalar()
             log(f"store {kind}: {n} recordings, {ne} events in {secs:.0f} s; measuring")
             res = {"db": kind, "rows": n, "events": ne, "fill_seconds": secs,
-                   "cases": measure(store, rows, samples, passes, random.Random(7)), "plans": explain(store, kind, rows)}
+                   "cases": measure(store, rows, samples, passes, random.Random(7), queue),
+                   "unfinished": store.backlog()[1], "plans": explain(store, kind, rows)}
+            for line in res["plans"]["metrics backlog"]:
+                log(f"  backlog plan: {line}")
         finally:
             store.dispose()
     return res
@@ -173,6 +185,8 @@ def table(results: list[dict]) -> str:
         for name, c in r["cases"].items():
             if name.startswith("pk"):
                 target = "baseline"
+            elif name.startswith("metrics"):
+                target = f"{r['unfinished']:,} unfinished"
             else:
                 limit = 10 if name.startswith("get") else 20
                 target = f"≤{limit} ms {'met' if c['p99_ms'] <= limit else 'MISSED'}"

@@ -10,7 +10,7 @@ from rq import SimpleWorker, Worker
 from rq.registry import FailedJobRegistry
 
 from service.config import load_settings
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
 from service.services import queue_for, redis_connection
 
 

@@ -58,20 +58,14 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
         )
         print(f"* SignalWire: sandbox at {sandbox.base_url} (no credentials set)")
     env.setdefault("PUBLIC_BASE_URL", f"http://127.0.0.1:{port}")
+    # For a person reading the log (production writes one JSON object per line).
+    env.setdefault("LOG_FORMAT", "console")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
     # Notification endpoints on this machine (http://127.0.0.1:...) are what a local run has.
     env.setdefault("NOTIFY_ALLOW_PRIVATE", "true")
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
     print(f"* Media archive: {env['MEDIA_STORAGE_URL']}")
     return env
-
-
-def migrate(env: dict[str, str]) -> None:
-    from service.store.sql import Store
-
-    store = Store(env["DATABASE_URL"])
-    store.migrate()
-    store.dispose()
 
 
 def demo(base_url: str, token: str, timeout: float = 30.0) -> dict:
@@ -122,12 +116,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"* Port {args.port} is taken; using {port} instead")
     with ExitStack() as resources:
         env = embedded_env(resources, port)
-        migrate(env)
         log_path = None
         if not args.verbose:
             INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
             log_path = str(INSTANCE_DIR / "local.log")
-        stack = resources.enter_context(Stack(env, port=port, workers=args.workers, log_path=log_path))
+        stack = Stack(env, port=port, workers=args.workers, log_path=log_path)
+        resources.callback(stack.stop)
+        stack.start(release=True)
         if log_path:
             print(f"* Logs of the web and worker processes: {log_path}")
         token = env["SERVICE_API_TOKEN"].split(",")[0].strip()  # the first, if several are set

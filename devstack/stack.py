@@ -54,7 +54,18 @@ class Stack:
         proc.popen = subprocess.Popen(proc.argv, env=self.env, cwd=ROOT, stdout=out, stderr=out,
                                       start_new_session=True)
 
-    def start(self, timeout: float = 30.0) -> "Stack":
+    def release(self, timeout: float = 120.0) -> None:
+        """The Procfile's release step (the database migrations), as Heroku runs it before a
+        release's processes start; its output goes to the same log."""
+        out = self._log if self._log else None
+        code = subprocess.run([sys.executable, "-m", "service", "migrate"], env=self.env, cwd=ROOT, stdout=out,
+                              stderr=out, timeout=timeout).returncode
+        if code != 0:
+            raise RuntimeError(f"the release step exited with {code}")
+
+    def start(self, timeout: float = 30.0, release: bool = False) -> "Stack":
+        if release:
+            self.release()
         for proc in self.procs:
             self._spawn(proc)
         self._watcher = threading.Thread(target=self._watch, name="stack-watch", daemon=True)

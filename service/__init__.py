@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.url_map.merge_slashes = False
     register_logging(settings)
     register_services(app, settings)
+    register_access(app)
     register_blueprints(app)
     register_api(app)
     register_error_handlers(app)
@@ -30,9 +31,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def register_logging(settings: Settings) -> None:
-    from service.logs import configure_logging
+    from service.observability.logs import configure_logging
 
-    configure_logging(settings.log_level, settings.secrets)
+    configure_logging(settings.log_level, settings.secrets, settings.log_format)
     if settings.allow_unsigned_webhooks and not settings.signalwire_signing_keys:
         log.warning("!!! ALLOW_UNSIGNED_WEBHOOKS is on: recording callbacks are NOT verified. Never do this in production. !!!")
     if settings.notify_allow_private:
@@ -50,10 +51,18 @@ def register_services(app: Flask, settings: Settings) -> None:
     app.extensions["ingest"] = Ingest(services.queue, services.store, settings.dedupe_ttl)
 
 
+def register_access(app: Flask) -> None:
+    from service.web import access
+
+    # Around the whole app: every request has its id before anything can log.
+    access.register(app)
+
+
 def register_blueprints(app: Flask) -> None:
-    from service.web import health
+    from service.web import health, metrics
 
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)  # operational, not part of the API's document
 
 
 def register_api(app: Flask):

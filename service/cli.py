@@ -1,13 +1,20 @@
-"""Operator commands: `python -m service <command>` (also installed as `recording-keeper`)."""
+"""Operator commands: `python -m service <command>` (also installed as `recording-keeper`).
+
+What a command reports for a person is printed; what it logs (its own lines and its
+libraries') goes out as JSON lines like every other process's.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from service.config import ConfigError, load_settings
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
+
+log = logging.getLogger("service.cli")
 
 
 def _checked_settings():
@@ -19,7 +26,7 @@ def _checked_settings():
 
 def _settings():
     settings = _checked_settings()
-    configure_logging(settings.log_level, settings.secrets)
+    configure_logging(settings.log_level, settings.secrets, settings.log_format)
     return settings
 
 
@@ -31,11 +38,43 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply database migrations (the Procfile's release step)."""
+    from service.config import load_database_url, log_options, url_password_forms
+    from service.store.sql import Store
+
     # Only the database is needed here, so migrate without the rest of the configuration.
-    store = _database_store()
-    store.migrate()
-    store.dispose()
-    click.echo("database is up to date")
+    try:
+        url = load_database_url()
+        level, fmt = log_options()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    configure_logging(level, url_password_forms(url), fmt)
+    store = Store(url)
+    try:
+        store.migrate()
+        current, _ = store.revisions()
+    finally:
+        store.dispose()
+    # A log line, not a report: the release step's output is read in the app's log stream.
+    log.info("database is up to date (revision %s)", ", ".join(sorted(current)), extra={"revision": sorted(current)})
+
+
+@main.command()
+def doctor() -> None:
+    """Check the configuration as deployed: one line per check; exit 1 if any fails."""
+    from service.observability.doctor import checks
+
+    try:
+        settings = load_settings()
+        secrets, fmt = settings.secrets, settings.log_format
+    except ConfigError:
+        secrets, fmt = (), "json"  # the settings check names the problem
+    configure_logging("WARNING", secrets, fmt)  # the report is the output; library chatter is not
+    failed = False
+    for line in checks():
+        click.echo(str(line))
+        failed |= line.ok is False
+    if failed:
+        sys.exit(1)
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -43,6 +82,10 @@ def migrate() -> None:
 def web(gunicorn_args: tuple[str, ...]) -> None:
     """Run the web process (the Procfile's web line): gunicorn serving the app with
     service/gunicorn_conf.py, once the configuration is checked. Extra arguments go to gunicorn."""
+    # Before anything imports prometheus_client (it decides on import where counts go).
+    from service.observability import multiprocess
+
+    multiprocess.prepare()
     # Checked before gunicorn is imported: gunicorn parses WEB_CONCURRENCY on import with a
     # bare int(), and a bad value would end in its traceback instead of this message.
     _checked_settings()
@@ -95,12 +138,25 @@ def sweep_command(list_hours: int | None, older_than: int | None) -> None:
             archive=services.enqueue_archive if settings.media_storage_url else None,
         )
     finally:
+        _relay_metrics(services)
         services.close()
     click.echo(report.summary())
     for error in report.errors:
         click.echo(f"  error: {error}")
     if report.skipped_locked:
         sys.exit(3)
+
+
+def _relay_metrics(services) -> None:
+    """The command's SignalWire requests, counted in /metrics like a worker's."""
+    import redis
+
+    from service.observability.relay import RELAY
+
+    try:
+        RELAY.flush(services.redis)
+    except redis.RedisError as exc:
+        log.warning("could not relay this command's metrics (%s)", type(exc).__name__)
 
 
 def _failed_jobs(services):
@@ -240,11 +296,13 @@ def deliveries() -> None:
 
 
 def _database_store():
-    from service.config import default_database_url
+    from service.config import load_database_url
     from service.store.sql import Store
-    import os
 
-    return Store(os.environ.get("DATABASE_URL") or default_database_url())
+    try:
+        return Store(load_database_url())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
 
 
 @deliveries.command("replay")

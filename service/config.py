@@ -75,6 +75,10 @@ class Settings:
     recovery_interval: int = 3
     worker_alive_ttl: int = 8
     log_level: str = "INFO"
+    # One JSON object per line (production), or a console rendering for a person at a terminal.
+    log_format: str = "json"
+    # Bearer token for GET /metrics; unset, /metrics answers 404 (a Heroku app is public).
+    metrics_token: str = dataclasses.field(default="", repr=False)
     # Outbound notifications (service.notify): plain http and private addresses allowed (local
     # run and tests only, logged loudly); the retry delays after each failed attempt; one
     # attempt's timeout; deliveries in flight per worker; how often a worker looks for due ones.
@@ -100,12 +104,10 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for log redaction."""
-        # A URL password may be logged as written (percent-encoded) or as used (decoded).
-        passwords = (urlsplit(getattr(self, name)).password for name in PASSWORD_URLS)
-        url_passwords = [form for p in passwords if p for form in (p, unquote(p))]
+        url_passwords = [form for name in PASSWORD_URLS for form in url_password_forms(getattr(self, name))]
         return tuple(
-            s for s in (self.signalwire_api_token, *self.service_api_tokens, *self.signalwire_signing_keys,
-                        *url_passwords, *self.storage_secrets) if s
+            s for s in (self.signalwire_api_token, *self.service_api_tokens, self.metrics_token,
+                        *self.signalwire_signing_keys, *url_passwords, *self.storage_secrets) if s
         )
 
     def __repr__(self) -> str:
@@ -118,6 +120,12 @@ class Settings:
                     value = _mask_password(value)
                 shown.append(f"{field.name}={value!r}")
         return f"Settings({', '.join(shown)})"
+
+
+def url_password_forms(url: str) -> tuple[str, ...]:
+    """A URL's password as it may be logged: as written (percent-encoded) or as used (decoded)."""
+    password = urlsplit(url).password
+    return (password, unquote(password)) if password else ()
 
 
 def _mask_password(url: str) -> str:
@@ -161,6 +169,37 @@ def _flag(env: Mapping[str, str], name: str, problems: list[str]) -> bool:
     return False
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("json", "console")
+
+
+def log_options(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """(LOG_LEVEL, LOG_FORMAT), checked: for processes that need no other setting (the release
+    step), and for load_settings."""
+    env = os.environ if env is None else env
+    problems = _log_problems(env)
+    if problems:
+        raise ConfigError(problems)
+    return _log_level(env), _log_format(env)
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    return (env.get("LOG_LEVEL") or "INFO").strip().upper()
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    return (env.get("LOG_FORMAT") or "json").strip().lower()
+
+
+def _log_problems(env: Mapping[str, str]) -> list[str]:
+    problems = []
+    if _log_level(env) not in LOG_LEVELS:
+        problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {_log_level(env)!r})")
+    if _log_format(env) not in LOG_FORMATS:
+        problems.append(f"LOG_FORMAT must be json or console (got {_log_format(env)!r})")
+    return problems
+
+
 def _web_values(env: Mapping[str, str], problems: list[str]) -> dict[str, int]:
     return dict(
         port=_int(env, "PORT", WebSettings.port, problems, minimum=1, maximum=65535),
@@ -199,6 +238,22 @@ def _list(value: str) -> tuple[str, ...]:
 
 def default_database_url() -> str:
     return f"sqlite:///{INSTANCE_DIR / 'recordings.sqlite3'}"
+
+
+def load_database_url(env: Mapping[str, str] | None = None) -> str:
+    """DATABASE_URL alone, checked: the release step needs no other setting."""
+    problems: list[str] = []
+    url = _database_url(os.environ if env is None else env, problems)
+    if problems:
+        raise ConfigError(problems)
+    return url
+
+
+def _database_url(env: Mapping[str, str], problems: list[str]) -> str:
+    url = (env.get("DATABASE_URL") or "").strip() or default_database_url()
+    if urlsplit(url).scheme.split("+")[0] not in ("sqlite", "postgres", "postgresql"):
+        problems.append("DATABASE_URL must be a postgres://, postgresql:// or sqlite:/// URL")
+    return url
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -250,9 +305,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if redis_url and not _url_ok(redis_url, ("redis", "rediss", "unix")) and not redis_url.startswith("unix:"):
         problems.append("REDIS_URL must be a redis://, rediss:// or unix:// URL")
 
-    database_url = (env.get("DATABASE_URL") or "").strip() or default_database_url()
-    if urlsplit(database_url).scheme.split("+")[0] not in ("sqlite", "postgres", "postgresql"):
-        problems.append("DATABASE_URL must be a postgres://, postgresql:// or sqlite:/// URL")
+    database_url = _database_url(env, problems)
 
     settings = dict(
         **_web_values(env, problems),
@@ -272,9 +325,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         notify_poll_interval=_int(env, "NOTIFY_POLL_INTERVAL", 1, problems, minimum=1),
     )
     queue_name = (env.get("RQ_QUEUE") or "recordings").strip()
-    log_level = (env.get("LOG_LEVEL") or "INFO").strip().upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got {log_level!r})")
+    problems += _log_problems(env)
+    metrics_token = (env.get("METRICS_TOKEN") or "").strip()
+    if metrics_token and len(metrics_token) < 16:
+        problems.append("METRICS_TOKEN must be at least 16 characters (or unset, which turns /metrics off)")
 
     media = _media_settings(env, problems)
 
@@ -291,7 +345,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         allow_unsigned_webhooks=allow_unsigned,
         queue_name=queue_name,
-        log_level=log_level,
+        log_level=_log_level(env),
+        log_format=_log_format(env),
+        metrics_token=metrics_token,
         **settings,
         **media,
     )

@@ -1,15 +1,20 @@
 """gunicorn settings for the web process (`-c python:service.gunicorn_conf`).
 
-PORT, WEB_CONCURRENCY and GUNICORN_THREADS come checked from service.config; the app checks
-every other setting when it loads.
+PORT, WEB_CONCURRENCY, GUNICORN_THREADS, LOG_LEVEL and LOG_FORMAT come checked from
+service.config; the app checks every other setting when it loads.
 """
 
 import sys
 
-from service.config import ConfigError, load_web_settings
+from service.config import ConfigError, load_web_settings, log_options
+from service.observability import logs, multiprocess
+
+# Before any worker imports prometheus_client: the worker processes' counts are summed from here.
+metrics_dir = multiprocess.prepare()
 
 try:
     _web = load_web_settings()
+    _log_level, _log_format = log_options()
 except ConfigError as exc:
     # The message names the variable; a traceback from gunicorn's config loader would bury it.
     sys.exit(str(exc))
@@ -26,7 +31,10 @@ threads = _web.gunicorn_threads
 graceful_timeout = 25
 timeout = 30
 keepalive = 5
+# The app writes one access line per request itself (service.web.access); gunicorn's own
+# lines go through the same JSON formatter as every other.
 accesslog = None
+logconfig_dict = logs.gunicorn_logconfig(_log_level, _log_format)
 
 # Before reusing a connection, gunicorn reads whatever of the request body the app left
 # unread, at most 64 KB; past that it closes the connection, after a response that already
@@ -43,3 +51,11 @@ def pre_request(worker, req):
     headers = dict(req.headers)  # upper-case names; gunicorn refuses a repeated Content-Length
     if "TRANSFER-ENCODING" in headers or int(headers.get("CONTENT-LENGTH") or 0) > DRAINED_BODY_BYTES:
         req.force_close()
+
+
+def on_starting(server):
+    multiprocess.empty(metrics_dir)  # counts of an earlier run are not this one's
+
+
+def child_exit(server, worker):
+    multiprocess.process_dead(worker.pid)

@@ -4,8 +4,10 @@ the store and the sandbox, wired together exactly as in production."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import requests
@@ -18,6 +20,9 @@ from tests.fixtures.sandbox import SandboxCredentials
 
 API_TOKEN = "e2e-api-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+METRICS_TOKEN = "e2e-metrics-token-0123456789"
+# What every log line of every process carries (service.observability.logs).
+LOG_FIELDS = ("time", "level", "logger", "pid", "event")
 
 
 @contextlib.contextmanager
@@ -43,15 +48,31 @@ def stack_env(redis_url: str, database_url: str, sandbox, credentials: SandboxCr
         SIGNALWIRE_SIGNING_KEY=credentials.signing_key,
         PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
         SERVICE_API_TOKEN=API_TOKEN,
+        METRICS_TOKEN=METRICS_TOKEN,
         REDIS_URL=redis_url,
         DATABASE_URL=database_url,
         LOG_LEVEL="INFO",
+        LOG_FORMAT="json",
     )
     return env
 
 
 def start_stack(env: dict, port: int, log_path, workers: int = 1) -> Stack:
-    return Stack(env, port=port, workers=workers, web_concurrency=2, log_path=str(log_path)).start()
+    """The release step, then gunicorn (2 processes) and the RQ workers, all logging to log_path."""
+    return Stack(env, port=port, workers=workers, web_concurrency=2, log_path=str(log_path)).start(release=True)
+
+
+def log_lines(path) -> list[dict]:
+    """Every line of a run's log, each a JSON object with the fields every line has."""
+    lines = []
+    for number, text in enumerate(Path(path).read_text(errors="replace").splitlines(), 1):
+        try:
+            line = json.loads(text)
+        except ValueError:
+            raise AssertionError(f"line {number} is not JSON: {text[:300]!r}") from None
+        assert isinstance(line, dict) and all(field in line for field in LOG_FIELDS), (number, text[:300])
+        lines.append(line)
+    return lines
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):

@@ -18,7 +18,7 @@ import requests
 
 from devstack.redis_server import free_port
 from service.store.sql import temporary_schema
-from tests.e2e import wait_for
+from tests.e2e import log_lines, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -98,7 +98,7 @@ def installed(venv: Path) -> dict[str, str]:
 def test_the_production_install_holds_only_what_web_and_workers_need(production_venv):
     packages = installed(production_venv)
     for needed in ("flask", "gunicorn", "marshmallow", "redis", "rq", "sqlalchemy", "alembic", "psycopg", "click",
-                   "urllib3", "requests"):
+                   "urllib3", "requests", "structlog", "prometheus-client"):
         assert needed in packages, needed
     assert not [name for name in DEVELOPMENT_ONLY if name in packages]
     # The development stack cannot even be imported there: no sandbox, no embedded Redis.
@@ -165,6 +165,8 @@ def test_procfile_release_web_and_worker_store_a_recording(production_venv, sand
             codes = stop([web, worker])
         logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("release", "web", "worker")}
         assert codes == [0, 0], logs
+        # What the production install logs, every process's every line, is JSON too.
+        assert all(log_lines(tmp_path / f"{name}.log") for name in logs)
 
 
 

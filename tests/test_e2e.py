@@ -4,6 +4,7 @@ store (SQLite and PostgreSQL) and the sandbox firing signed callbacks over loopb
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
 from types import SimpleNamespace
 
@@ -13,8 +14,8 @@ import requests
 
 from devstack.sandbox import Sandbox
 from service.signalwire.signatures import compute_signature
-from tests.e2e import (AUTH, assert_matches_signalwire, database, get_recording, start_stack, stack_env,
-                       stored_when_settled, wait_for)
+from tests.e2e import (AUTH, assert_matches_signalwire, database, get_recording, log_lines, start_stack,
+                       stack_env, stored_when_settled, wait_for)
 from tests.fixtures.sandbox import SandboxCredentials
 
 pytestmark = pytest.mark.e2e
@@ -161,5 +162,11 @@ def test_no_secret_appears_in_the_logs_of_a_full_run(running):
 
     log = running.log.read_text(errors="replace")
     assert "recording" in log and "Listening at" in log  # the log really holds the processes' output
-    for secret in (running.credentials.api_token, running.credentials.signing_key, running.env["SERVICE_API_TOKEN"]):
-        assert secret not in log
+    # Every line of every process (release, web, workers) is one JSON object with the fields.
+    lines = log_lines(running.log)
+    loggers = {line["logger"] for line in lines}
+    assert {"alembic.runtime.migration", "service.cli", "gunicorn.error", "service.access", "rq.worker",
+            "workers"} <= loggers, loggers
+    for secret in (running.credentials.api_token, running.credentials.signing_key, running.env["SERVICE_API_TOKEN"],
+                   running.env["METRICS_TOKEN"]):
+        assert secret not in log and json.dumps(secret)[1:-1] not in log

@@ -47,7 +47,7 @@ def test_jobs_do_not_share_one_retry_schedule(redis_conn):
     # A burst of failures (a rate limit) must not come back as one burst.
     queue = queue_for(SETTINGS, redis_conn)
     events = [CallbackEvent(recording_sid=f"r{i}", account_sid="a", status="completed") for i in range(20)]
-    Ingest(queue, store=None, dedupe_ttl=60).enqueue_many(events)
+    Ingest(queue, store=None, dedupe_ttl=60).enqueue_many([(event, None) for event in events])
     schedules = {redis_conn.hget(Job.key_for(job_id_for(event)), "retry_intervals") for event in events}
     assert len(schedules) > 10
 
@@ -77,7 +77,7 @@ def test_distinct_callbacks_never_share_a_job(redis_conn):
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     events = [CallbackEvent(recording_sid=sid, account_sid="a", status=status)
               for sid, status in (("r1", "a b"), ("r1", "a_b"), ("r1", "a.b"), ("r1_a", "b"), ("r1", "completed"))]
-    assert ingest.enqueue_many(events) == [True] * len(events)
+    assert ingest.enqueue_many([(event, None) for event in events]) == [True] * len(events)
     assert len(set(queue.job_ids)) == len(events)
     assert job_id_for(events[-1]) == "cb_r1_completed"  # SignalWire's own sids and statuses stay readable
 
@@ -86,12 +86,15 @@ def test_batch_queues_each_event_once_in_order(redis_conn):
     queue = queue_for(SETTINGS, redis_conn)
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     a, b = (CallbackEvent(recording_sid=sid, account_sid="acct", status="completed") for sid in ("ra", "rb"))
-    assert ingest.enqueue_many([a, b, a]) == [True, True, False]
-    assert ingest.enqueue_many([b]) == [False]
+    assert ingest.enqueue_many([(a, "r-1"), (b, "r-2"), (a, "r-3")]) == [True, True, False]
+    assert ingest.enqueue_many([(b, "r-4")]) == [False]
     assert queue.job_ids == [job_id_for(a), job_id_for(b)]
     for event in (a, b):
         job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
         assert list(job.args) == [event.to_payload()] and job.get_status() == "queued"
+    # Each job carries the request id of the callback that queued it, not another's in its batch.
+    assert [Job.fetch(job_id_for(e), connection=redis_conn, serializer=queue.serializer).meta for e in (a, b)] == [
+        {"request_id": "r-1"}, {"request_id": "r-2"}]
     assert ingest.enqueue_many([]) == []
 
 

@@ -43,17 +43,20 @@ def runs(connection, job_id) -> int:
 # --- enqueueing without building a Job --------------------------------------------------
 
 
-def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
-    """Guards the per-process template against RQ upgrades: same fields, same static values."""
+@pytest.mark.parametrize("request_id", ["4bd3c0a6-9a4e-4c8e-8d54-0d3c5a9e8f11", None])
+def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id):
+    """Guards the per-process template against RQ upgrades: same fields, same static values,
+    and the request id in the job's meta as RQ would store it."""
     queue = queue_for(SETTINGS, redis_conn)
     event = CallbackEvent(recording_sid="5d2b-rec", account_sid="acct", status="completed", params={"A": "1"})
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
-    assert ingest.enqueue(event)
+    assert ingest.enqueue(event, request_id)
     ours = {k.decode(): v for k, v in redis_conn.hgetall(Job.key_for(job_id_for(event))).items()}
 
     reference = queue.create_job(JOB_FUNC, args=(event.to_payload(),), job_id="reference", retry=retry_policy(),
                                  result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                                 description=f"recording {event.recording_sid} {event.status}")
+                                 description=f"recording {event.recording_sid} {event.status}",
+                                 meta={"request_id": request_id} if request_id else None)
     queue.enqueue_job(reference)
     theirs = {k.decode(): v for k, v in redis_conn.hgetall(reference.key).items()}
 
@@ -68,6 +71,7 @@ def test_job_hash_matches_what_rq_itself_would_write(redis_conn):
     job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
     assert job.func_name == JOB_FUNC and list(job.args) == [event.to_payload()]
     assert job.retries_left == len(RETRY_INTERVALS) and job.get_status() == "queued"
+    assert job.meta == ({"request_id": request_id} if request_id else {})
     assert queue.job_ids == [job_id_for(event), "reference"]
 
 
@@ -240,3 +244,23 @@ def test_a_workers_pub_sub_thread_stops_within_seconds(queue, redis_conn):
     started = time.monotonic()
     worker.unsubscribe()
     assert time.monotonic() - started < 5
+
+
+def test_will_retry_says_what_the_failure_handling_then_does(redis_conn):
+    """workers.KeeperWorker counts a failed job as retried or failed by will_retry, asked just
+    before RQ decides: the two must agree."""
+    decisions = []
+
+    class Watching(KeeperWorker):
+        def handle_job_failure(self, job, *args, **kwargs):
+            decisions.append(rq_adapter.will_retry(self, job))
+            super().handle_job_failure(job, *args, **kwargs)
+
+    queue = queue_for(SimpleNamespace(queue_name="adapter"), redis_conn)
+    retried = queue.enqueue("tests.jobs_for_tests.always_fails", retry=Retry(max=2, interval=[0, 0]))
+    given_up = queue.enqueue("tests.jobs_for_tests.gives_up", retry=Retry(max=3, interval=[60, 60, 60]))
+    Watching([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    # always_fails, gives_up, always_fails again (retried at once), and a third time: no retry left.
+    assert decisions == [True, False, True, False]
+    for job in (retried, given_up):
+        assert Job.fetch(job.id, connection=redis_conn, serializer=queue.serializer).get_status() == JobStatus.FAILED

@@ -22,12 +22,16 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import redis
+import structlog
 
 from service.config import ConfigError, load_settings
-from service.logs import configure_logging
-from service.pipelines.rq_adapter import KeeperWorker, StartupStop, work_loop_socket_timeout
+from service.observability import metrics
+from service.observability.logs import configure_logging
+from service.pipelines.ingest import JOB_FUNC
+from service.pipelines.rq_adapter import KeeperWorker, StartupStop, will_retry, work_loop_socket_timeout
 from service.services import queue_for, redis_connection
 from workers.housekeeping import Housekeeping
 
@@ -48,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        configure_logging()
+        log.critical("%s", exc, extra={"problems": exc.problems})
         return 2
-    configure_logging(settings.log_level, settings.secrets)
+    configure_logging(settings.log_level, settings.secrets, settings.log_format)
     connection = redis_connection(settings.redis_url, socket_timeout=REDIS_SOCKET_TIMEOUT)
     queue = queue_for(settings, connection)
     stop = StartupStop()
@@ -58,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     if not wait_for_redis(connection, stop.requested):
         return 0
-    worker = KeeperWorker([queue], connection=connection, serializer=queue.serializer,
-                          worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
+    worker = ObservedWorker([queue], connection=connection, serializer=queue.serializer,
+                            worker_ttl=WORKER_TTL, maintenance_interval=MAINTENANCE_INTERVAL)
     stop.attach(worker)
     housekeeping = Housekeeping(settings, worker.name).start()
     log.info("worker %s listening on queue %r", worker.name, queue.name)
@@ -68,6 +73,47 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         housekeeping.stop()
     return 0
+
+
+class ObservedWorker(KeeperWorker):
+    """The worker that logs and counts every job.
+
+    Each job's log lines carry its `job_id`, the `request_id` of the callback that queued it
+    (from the job's meta), and the `recording_sid` (and `status`) it is about; its last line
+    says how it ended and how long it took. Callback jobs are counted in metrics.JOBS
+    (`stored`, `retried`, `failed`) and metrics.JOB_DURATION.
+    """
+
+    def perform_job(self, job, queue, execution) -> bool:
+        first = job.args[0] if job.args else None
+        payload = first if isinstance(first, dict) else {}
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, request_id=(job.meta or {}).get("request_id"),
+            # A callback job's payload names the recording; a media job takes its sid.
+            recording_sid=payload.get("recording_sid") or (first if isinstance(first, str) else None),
+            status=payload.get("status"),
+        )
+        callback = job.func_name == JOB_FUNC
+        self._job_result = "failed"
+        started = time.perf_counter()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            seconds = time.perf_counter() - started
+            result = "stored" if callback and self._job_result == "succeeded" else self._job_result
+            if callback:
+                metrics.JOBS.labels(result).inc()
+                metrics.JOB_DURATION.observe(seconds)
+            log.info("job %s %s", job.id, result, extra={"result": result, "duration_ms": round(seconds * 1000, 1)})
+            structlog.contextvars.clear_contextvars()
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        self._job_result = "succeeded"
+        super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        self._job_result = "retried" if will_retry(self, job) else "failed"
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
 def wait_for_redis(connection: redis.Redis, stopping: threading.Event, longest_wait: float = 5.0) -> bool:

@@ -9,7 +9,9 @@
 - reconciliation sweep (every SWEEP_INTERVAL s, 0 = off): one per interval across all
   workers (a Redis key claims the slot), in its own thread because it can take minutes;
 - notifications (service.notify.sender): the outbox's due deliveries, sent from threads of
-  their own as soon as a write in this process adds some, or every NOTIFY_POLL_INTERVAL s.
+  their own as soon as a write in this process adds some, or every NOTIFY_POLL_INTERVAL s;
+- metrics relay (every second, and once more at stop): what this process counted goes to
+  Redis, where the web's /metrics reads it (service.observability.relay).
 
 Errors are logged and the chore tries again at its next tick; nothing here can stop the
 worker. `stop()` ends the threads within about a second (the sweep thread finishes the
@@ -29,6 +31,7 @@ from service.config import Settings
 from service.notify.addresses import ALLOW_PRIVATE_WARNING
 from service.notify.deliver import HttpDeliverer
 from service.notify.sender import Sender, lease_for
+from service.observability.relay import RELAY
 from service.pipelines.ingest import Ingest
 from service.services import Services
 from service.pipelines.sweep import sweep
@@ -38,6 +41,7 @@ from workers import recovery
 log = logging.getLogger(__name__)
 
 SWEEP_SLOT_KEY = "recording-keeper:sweep:next"
+RELAY_INTERVAL = 1.0
 
 
 class _Periodic(threading.Thread):
@@ -88,6 +92,9 @@ class Housekeeping:
             log.info("moved %d callbacks from the database inbox into the queue", moved)
         return moved
 
+    def relay_metrics(self) -> int:
+        return RELAY.flush(self.services.redis)
+
     def recover(self) -> recovery.RecoveryReport:
         return recovery.recover(self.services.queue)
 
@@ -123,6 +130,7 @@ class Housekeeping:
             _Periodic("alive", beat_every, self.beat, self._stop, first_delay=beat_every),
             _Periodic("inbox", s.inbox_drain_interval, self.drain_inbox, self._stop),
             _Periodic("recovery", s.recovery_interval, self.recover, self._stop),
+            _Periodic("metrics", RELAY_INTERVAL, self.relay_metrics, self._stop, first_delay=RELAY_INTERVAL),
         ]
         if s.sweep_interval > 0:
             # Tick often and let the Redis slot decide; the first sweep waits a little so a
@@ -149,6 +157,10 @@ class Housekeeping:
         # process, and its lease runs out before another worker sends it again.
         if self.deliverer is not None:
             self.deliverer.close()
+        try:
+            self.relay_metrics()  # the last jobs' counts
+        except redis.RedisError as exc:
+            log.warning("could not relay the last metrics (%s)", type(exc).__name__)
         try:
             recovery.forget(self.services.redis, self.worker_name)
         except redis.RedisError:

@@ -42,9 +42,11 @@ from rq.job import Job, JobStatus
 
 from service.pipelines import rq_adapter
 
+from service.liveness import ALIVE_KEY, WORKERS_KEY
+from service.observability import metrics
+
 log = logging.getLogger(__name__)
 
-ALIVE_KEY = "recording-keeper:worker-alive:{}"
 MANAGED_KEY = "recording-keeper:worker-managed:{}"
 MANAGED_TTL = 7 * 24 * 3600
 DEFAULT_ALIVE_TTL = 8
@@ -57,12 +59,16 @@ def beat(connection: redis.Redis, worker_name: str, alive_ttl: int = DEFAULT_ALI
     with connection.pipeline(transaction=False) as pipe:
         pipe.set(ALIVE_KEY.format(worker_name), "1", ex=alive_ttl)
         pipe.set(MANAGED_KEY.format(worker_name), "1", ex=MANAGED_TTL)
+        pipe.sadd(WORKERS_KEY, worker_name)  # counted by /metrics
         pipe.execute()
 
 
 def forget(connection: redis.Redis, worker_name: str) -> None:
     """A clean exit: nothing of ours is left to look alive."""
-    connection.delete(ALIVE_KEY.format(worker_name), MANAGED_KEY.format(worker_name))
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(ALIVE_KEY.format(worker_name), MANAGED_KEY.format(worker_name))
+        pipe.srem(WORKERS_KEY, worker_name)
+        pipe.execute()
 
 
 def worker_alive(connection: redis.Redis, worker_name: str | None) -> bool:
@@ -136,6 +142,7 @@ def _requeue_abandoned(queue: Queue, run: rq_adapter.StartedRun) -> str:
             rq_adapter.fail_abandoned(job, f"worker died {recoveries} times while running this job", pipe)
             pipe.execute()
             log.error("job %s killed its worker %d times: moved to the failed jobs", job_id, recoveries)
+            metrics.JOBS.labels("failed").inc()
             return "failed"
         rq_adapter.requeue_abandoned(queue, job, pipe)
         pipe.execute()

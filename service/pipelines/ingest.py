@@ -32,6 +32,8 @@ JOB_FUNC = "workers.jobs.process_callback"
 # outage that long still ends with the callback stored, not in the dead letters.
 RETRY_INTERVALS = (2, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3600, 3600, 3600, 3600, 3600)
 RESULT_TTL = 600
+# An inbox row's payload is the event's, plus the request id it came with under this key.
+INBOX_REQUEST_ID = "request_id"
 # Drains (INBOX_DRAIN_INTERVAL apart) that try an unreadable inbox row before setting it aside.
 INBOX_TRIES = 5
 FAILURE_TTL = 7 * 24 * 3600
@@ -89,29 +91,34 @@ class Ingest:
         self._enqueue_once = EnqueueOnce(queue, JOB_FUNC, retry_policy, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         self._group = GroupCommit(self.enqueue_many)
 
-    def enqueue(self, event: CallbackEvent) -> bool:
+    def enqueue(self, event: CallbackEvent, request_id: str | None = None) -> bool:
         """True when a new job was queued, False for a duplicate. Raises redis errors."""
-        return self.enqueue_many([event])[0]
+        return self.enqueue_many([(event, request_id)])[0]
 
-    def enqueue_many(self, events: list[CallbackEvent]) -> list[bool]:
-        """One round trip for the whole batch; a duplicate (even within it) is never queued twice."""
+    def enqueue_many(self, items: list[tuple[CallbackEvent, str | None]]) -> list[bool]:
+        """One round trip for the whole batch of (event, request id); a duplicate (even within
+        it) is never queued twice. The request id goes into the job's meta, for the worker's lines."""
         jobs = [OnceJob(job_id_for(event), f"dedupe:{event.dedupe_key}", [event.to_payload()],
-                        f"recording {event.recording_sid} {event.status}") for event in events]
+                        f"recording {event.recording_sid} {event.status}",
+                        {"request_id": request_id} if request_id else None) for event, request_id in items]
         return self._enqueue_once(jobs, self.dedupe_ttl)
 
-    def submit(self, event: CallbackEvent) -> Outcome:
+    def submit(self, event: CallbackEvent, request_id: str | None = None) -> Outcome:
         """Queue one callback from a web request; concurrent requests share a round trip.
 
         Raises any other Redis error (a failing script, a key of the wrong type): the inbox
         would only hold the callback for a drain that fails the same way."""
         try:
-            return "queued" if self._group.submit(event) else "duplicate"
+            return "queued" if self._group.submit((event, request_id)) else "duplicate"
         except redis.RedisError as exc:
             if not redis_outage(exc):
                 raise
             log.warning("redis unavailable (%s); keeping callback %s in the inbox", type(exc).__name__, event.dedupe_key)
         try:
-            self.store.inbox_put(event.to_payload())
+            payload = event.to_payload()
+            if request_id:
+                payload[INBOX_REQUEST_ID] = request_id
+            self.store.inbox_put(payload)
         except Exception as exc:
             log.error("database unavailable too (%s); refusing callback %s", type(exc).__name__, event.dedupe_key)
             raise Unavailable(str(type(exc).__name__)) from exc
@@ -126,14 +133,16 @@ class Ingest:
         moved, after_id = 0, None
         while True:
             rows = self.store.inbox_take(batch, after_id=after_id)
-            events, done = [], []
+            items, done = [], []
             for row_id, payload in rows:
                 try:
-                    events.append(CallbackEvent.from_payload(payload))
+                    payload = dict(payload)
+                    request_id = payload.pop(INBOX_REQUEST_ID, None)
+                    items.append((CallbackEvent.from_payload(payload), request_id))
                     done.append(row_id)
                 except (TypeError, ValueError) as exc:
                     self._unreadable(row_id, exc)
-            self.enqueue_many(events)
+            self.enqueue_many(items)
             self.store.inbox_delete(done)
             moved += len(done)
             if len(rows) < batch:

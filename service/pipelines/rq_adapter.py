@@ -12,12 +12,13 @@ What it relies on:
   (func, instance, args, kwargs), read uncompressed as is; `created_at`/`enqueued_at` in
   `rq.utils.utcformat`; `description`; `retry_intervals` as JSON), pushes the id on the queue's
   list and adds the queue to `Queue.redis_queues_keys`, as `Queue.enqueue_job` does.
-- Retries (give_up_retries, attempts, restore_retries): `get_current_job()` is the very Job the
-  worker holds while `job.perform()` runs, and the worker's `handle_job_failure` reads its
+- Retries (give_up_retries, will_retry, attempts, restore_retries): `get_current_job()` is the
+  very Job the worker holds while `job.perform()` runs, and the worker's `handle_job_failure` reads its
   `retries_left` (at 0 it fails the job into the FailedJobRegistry instead of scheduling a
   retry); each retry lowers `retries_left` by one, and RQ keeps no count of the retries
   configured, so they are counted from `retry_intervals`: a policy needs one interval per retry
-  (as service.pipelines.ingest.retry_policy has).
+  (as service.pipelines.ingest.retry_policy has). `handle_job_failure` retries when
+  `job.should_retry` and the worker's `_stopped_job_id` is not the job (will_retry).
 - Crash recovery (workers.recovery): a StartedJobRegistry member is `job_id:execution_id`
   (`rq.utils.parse_composite_key`); each run has an `rq.executions.Execution` record (its hash,
   the job's execution registry, the worker's execution index) naming its worker; a job hash
@@ -63,7 +64,7 @@ log = logging.getLogger(__name__)
 
 # KEYS: set of queues, job template, queue key, then per job: once key, job key.
 # ARGV: once ttl, queue key, timestamp, then per job: job id, data, description,
-#       retry intervals.
+#       retry intervals, meta ('' for none).
 # RQ's own unique-enqueue steps plus the once marker, for a batch of jobs in one round trip:
 # a job whose marker is set can never be enqueued a second time. The fields every job shares
 # come from a template hash that RQ built (see _JobTemplate), so the request carries only what
@@ -77,12 +78,15 @@ local ttl = tonumber(ARGV[1])
 local created, ids = {}, {}
 for i = 1, (#KEYS - 3) / 2 do
     local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-    local a = 4 * i
+    local a = 5 * i - 1
     created[i] = 0
     if redis.call('SET', dedupe, '1', 'NX', 'EX', ttl) and redis.call('EXISTS', job) == 0 then
         redis.call('HSET', job, unpack(template))
         redis.call('HSET', job, 'data', ARGV[a + 1], 'created_at', ARGV[3], 'enqueued_at', ARGV[3],
                    'description', ARGV[a + 2], 'retry_intervals', ARGV[a + 3])
+        if ARGV[a + 4] ~= '' then
+            redis.call('HSET', job, 'meta', ARGV[a + 4])
+        end
         ids[#ids + 1] = ARGV[a]
         created[i] = 1
     end
@@ -100,6 +104,7 @@ class OnceJob(NamedTuple):
     once_key: str  # set for the caller's ttl when the job is queued; while set, none is queued
     args: list
     description: str
+    meta: dict | None = None  # the job's meta, as RQ stores it (e.g. the request id)
 
 
 class EnqueueOnce:
@@ -152,7 +157,7 @@ class EnqueueOnce:
 class _JobTemplate:
     """The fields every job of EnqueueOnce shares, as RQ itself writes them, kept in Redis."""
 
-    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals")
+    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
 
     def __init__(self, queue: Queue, func_name: str, retry_policy: Callable[[], Retry], result_ttl: int,
                  failure_ttl: int):
@@ -177,6 +182,7 @@ class _JobTemplate:
             self.serializer.dumps((self.func_name, None, job.args, {})),
             job.description,
             random.choice(self.schedules),
+            self.serializer.dumps(job.meta) if job.meta else "",
         ]
 
 
@@ -195,6 +201,13 @@ def give_up_retries() -> None:
     job.meta[_ATTEMPTS_AT_GIVE_UP] = attempts(job)
     job.save_meta()
     job.retries_left = 0
+
+
+def will_retry(worker, job: Job) -> bool:
+    """Whether the worker's `handle_job_failure`, about to run for this job, schedules a retry:
+    RQ retries when `job.should_retry` and the worker's `_stopped_job_id` is not that job (a
+    job stopped on request is never retried)."""
+    return bool(job.should_retry) and getattr(worker, "_stopped_job_id", None) != job.id
 
 
 def attempts(job: Job) -> int:

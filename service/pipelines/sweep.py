@@ -43,6 +43,8 @@ from service.signalwire.client import SignalWireClient, SignalWireError
 log = logging.getLogger(__name__)
 
 LOCK_KEY = "recording-keeper:sweep:lock"
+# When the last sweep finished (Unix time), for /metrics.
+FINISHED_KEY = "recording-keeper:sweep:finished-at"
 DEFAULT_LOCK_TTL = 600
 DEFAULT_LIMIT = 500
 DEFAULT_ARCHIVE_LIMIT = 200
@@ -129,7 +131,12 @@ def sweep(
             log.warning("sweep lock was lost before release")
         except redis.RedisError as exc:
             log.warning("could not release the sweep lock (%s); it expires in %ss", type(exc).__name__, lock_ttl)
-    log.info("%s", report.summary())
+        try:
+            redis_client.set(FINISHED_KEY, f"{time.time():.3f}")
+        except redis.RedisError:
+            pass  # only /metrics reads it
+    log.info("%s", report.summary(), extra={"checked": report.checked, "stored": report.stored,
+                                            "failed": report.failed, "listed": report.listed})
     return report
 
 

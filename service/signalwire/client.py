@@ -31,6 +31,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionErro
 
 from service.domain.recordings import Recording, parse_int
 from service.media.verified import VerifiedCopy
+from service.observability import metrics
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +249,17 @@ class SignalWireClient:
         }
         path = f"{self._account_path}/Calls/{quote(call_sid, safe='')}/Recordings.json"
         budget = self.create_budget if budget is None else budget
-        return self._recording(self._request("POST", self.base_url + path, form, budget=budget))
+        return self._recording(self._request("POST", self.base_url + path, form, budget=budget, operation="create"))
 
     def fetch_recording(self, sid: str) -> Recording:
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(sid, safe='')}.json"
-        return self._recording(self._request("GET", url))
+        return self._recording(self._request("GET", url, operation="fetch"))
+
+    def check_credentials(self) -> None:
+        """One cheap authenticated request (a one-item page of the account's recordings);
+        raises SignalWireError when SignalWire refuses it or cannot be reached."""
+        self._request("GET", f"{self.base_url}{self._account_path}/Recordings.json", {"PageSize": 1},
+                      operation="list")
 
     def list_recordings(
         self,
@@ -274,7 +281,7 @@ class SignalWireClient:
             params["DateCreated<"] = _rfc2822(created_before)
         url: str | None = f"{self.base_url}{self._account_path}/Recordings.json"
         while url:
-            page = self._request("GET", url, params, budget=budget)
+            page = self._request("GET", url, params, budget=budget, operation="list")
             for item in page.get("recordings") or ():
                 yield self._recording(item)
             url, params = self._next_page(page.get("next_page_uri")), None
@@ -291,7 +298,7 @@ class SignalWireClient:
         for any GET (SignalWireError; 429, 5xx and broken connections retried); urllib3 fails a
         read that ends before Content-Length."""
         url = self.media_url(sid, fmt)
-        return self._request("GET", url, send=self._open_stream)
+        return self._request("GET", url, send=self._open_stream, operation="media")
 
     def delete_recording(self, copy: VerifiedCopy) -> bool:
         """Delete the recording (media and all) at SignalWire. It takes the proof that a verified
@@ -301,7 +308,7 @@ class SignalWireClient:
             raise TypeError("delete_recording() needs the recording's VerifiedCopy")
         url = f"{self.base_url}{self._account_path}/Recordings/{quote(copy.sid, safe='')}.json"
         try:
-            self._request("DELETE", url)
+            self._request("DELETE", url, operation="delete")
         except SignalWireError as exc:
             if exc.status == 404:
                 return False
@@ -326,9 +333,10 @@ class SignalWireClient:
         except ValueError as exc:
             raise SignalWireError(f"unexpected recording body: {exc}", final=True) from None
 
-    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *,
+    def _request(self, method: str, url: str, fields: Mapping[str, Any] | None = None, *, operation: str,
                  budget: float | None = None, send=None) -> Any:
-        """`fields`: the query of a GET, the urlencoded form of a POST. `budget`: seconds for
+        """`fields`: the query of a GET, the urlencoded form of a POST. `operation` names the
+        request in metrics.SIGNALWIRE_REQUESTS (each attempt is counted). `budget`: seconds for
         every attempt and wait together; past it, a timeout error (no attempt is started that
         could not finish in time, no wait that would end past it). `send`: one attempt
         (default `_once`, a JSON call)."""
@@ -337,7 +345,7 @@ class SignalWireClient:
         send = send or self._once
         while True:
             try:
-                return send(method, url, fields, deadline)
+                return send(method, url, fields, deadline, operation)
             except SignalWireError as err:
                 if not err.retryable or attempt >= self.max_retries:
                     raise
@@ -353,10 +361,11 @@ class SignalWireClient:
                 log.info("signalwire %s %s: %s; retry %d in %.2fs", method, urlsplit(url).path, err, attempt, wait)
                 time.sleep(wait)
 
-    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, deadline: float | None = None) -> dict:
+    def _once(self, method: str, url: str, fields: Mapping[str, Any] | None, deadline: float | None,
+              operation: str) -> dict:
         # A GET's fields go into the query, a POST's into a urlencoded form, as SignalWire expects.
         form = {"encode_multipart": False} if method == "POST" else {}
-        response = self._send(method, url, fields=fields, headers=self._headers,
+        response = self._send(method, url, operation, fields=fields, headers=self._headers,
                               timeout=self._timeout_until(deadline, method, url), retries=False, redirect=False,
                               **form)
         if response.status == 204 and method == "DELETE":
@@ -366,9 +375,9 @@ class SignalWireClient:
             raise SignalWireError("response body is not a JSON object", status=response.status, final=True)
         return body
 
-    def _open_stream(self, method: str, url: str, fields: None,
-                     deadline: float | None = None) -> urllib3.BaseHTTPResponse:
-        return self._send(method, url, headers={**self._headers, "Accept": "*/*"},
+    def _open_stream(self, method: str, url: str, fields: None, deadline: float | None,
+                     operation: str) -> urllib3.BaseHTTPResponse:
+        return self._send(method, url, operation, headers={**self._headers, "Accept": "*/*"},
                           timeout=self._timeout_until(deadline, method, url), retries=_MEDIA_REDIRECTS,
                           preload_content=False)
 
@@ -382,11 +391,12 @@ class SignalWireClient:
         return urllib3.Timeout(connect=min(self._timeout.connect_timeout, left),
                                read=min(self._timeout.read_timeout, left), total=left)
 
-    def _send(self, method: str, url: str, **options: Any) -> urllib3.BaseHTTPResponse:
+    def _send(self, method: str, url: str, operation: str, **options: Any) -> urllib3.BaseHTTPResponse:
         """One request; a transport error or a non-2xx answer raises SignalWireError."""
         try:
             response = self._http.request(method, url, **options)
         except HTTPError as exc:
+            metrics.SIGNALWIRE_REQUESTS.labels(operation, "error").inc()
             raise SignalWireError(
                 self._scrub(f"{type(exc).__name__} on {method} {urlsplit(url).path}"),
                 # A refused connection is a ConnectTimeoutError to urllib3, but no timeout.
@@ -394,6 +404,7 @@ class SignalWireClient:
                 method=method,
                 sent=not isinstance(exc, ConnectTimeoutError),  # refused, DNS, connect timeout
             ) from None
+        metrics.SIGNALWIRE_REQUESTS.labels(operation, str(response.status)).inc()
         log.debug("signalwire %s %s -> %d", method, urlsplit(url).path, response.status)
         if not 200 <= response.status < 300:
             if not options.get("preload_content", True):

@@ -39,6 +39,11 @@ R = RecordingRow.__table__
 E = RecordingEventRow.__table__
 INBOX = InboxRow.__table__
 
+# Store.backlog(): inbox rows and unfinished recordings, in one statement.
+BACKLOG = sa.select(
+    sa.select(sa.func.count()).select_from(INBOX).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(R).where(UNFINISHED).scalar_subquery(),
+)
 # Recording fields that map 1:1 onto columns (everything but the primary key).
 METADATA_FIELDS = tuple(f.name for f in dataclasses.fields(Recording) if f.name != "sid")
 # What get()/list() return: every column but the internal status_rank, with the media_*
@@ -159,14 +164,20 @@ class Store:
     def migrate(self) -> None:
         """Alembic `upgrade head` (the release step)."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        config.set_main_option("path_separator", "os")
+        config = _alembic_config()
         with self._write() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+
+    def revisions(self) -> tuple[set[str], set[str]]:
+        """(the database's migration revisions, the code's head revisions): equal once migrated."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        heads = set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+        with self.engine.connect() as conn:
+            return set(MigrationContext.configure(conn).get_current_heads()), heads
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -411,6 +422,15 @@ class Store:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def backlog(self) -> tuple[int, int]:
+        """(inbox rows, unfinished recordings), for /metrics, in one round trip. Both counts
+        read small indexes however many recordings there are: the inbox holds only what Redis
+        could not take, and the unfinished count reads the partial index
+        ix_recordings_unfinished (its condition is this query's)."""
+        with self.engine.connect() as conn:
+            inbox, unfinished = conn.execute(BACKLOG).one()
+        return int(inbox), int(unfinished)
+
     # --- the media archive (service.media) ------------------------------------------------
 
     def archive_state(self, sid: str) -> dict | None:
@@ -536,6 +556,15 @@ class Store:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+def _alembic_config():
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("path_separator", "os")
+    return config
 
 
 def _json_ready(row: Any) -> dict:

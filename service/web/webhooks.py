@@ -1,6 +1,8 @@
 """RecordingStatusCallback receiver: verify, validate, dedupe + enqueue, acknowledge.
 
 No outbound HTTP and no database write on this path unless Redis is down (then the inbox).
+A refused callback says why in one line (its access line, see service.web.access), never
+with a key, a signature, the query string or a parameter's value.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from service.pipelines.ingest import Unavailable
 from service.domain.recordings import CallbackEvent
 from service.signalwire.signatures import verify_signature
+from service.web.access import OUTCOME_HEADER, callback_outcome, refuse, request_id
 from service.web.errors import ApiError
 from service.web.openapi import ApiBlueprint, webhook_doc
 from service.web.schemas import CallbackSchema, callback_schema
@@ -26,12 +29,23 @@ bp = ApiBlueprint("webhooks", __name__, url_prefix="/webhooks", authenticated=Fa
 SIGNATURE_HEADERS = ("X-SignalWire-Signature", "X-Twilio-Signature")
 
 
-def _refused(status: int, reason: str, message: str, why: str, *args, **details) -> ApiError:
-    """The answer to a refused callback, logged once: SignalWire sees the status, the operator
-    the reason (a wrong PUBLIC_BASE_URL or signing key otherwise drops every callback unseen).
-    `reason` is a short fixed token for machines; no key, signature or parameter value is logged."""
-    log.warning("callback refused (%s): " + why, reason, *args, extra={"reason": reason})
+def _refused(status: int, reason: str, message: str, why: str, *args, logged: dict | None = None,
+             **details) -> ApiError:
+    """The answer to a refused callback, said once in the logs: SignalWire sees the status, the
+    operator the reason (a wrong PUBLIC_BASE_URL or signing key otherwise drops every callback
+    unseen). `reason` is a short fixed token for machines (one of metrics.REFUSAL_REASONS),
+    `logged` the line's other fields; no key, signature or parameter value is logged."""
+    refuse(reason, log, f"callback refused ({reason}): {why % args if args else why}", **(logged or {}))
     return ApiError(status, message, **details)
+
+
+def _signature_fields(settings, header: str | None) -> dict:
+    # Behind a proxy that rewrites the scheme, host or port, the URL the request came to
+    # differs from PUBLIC_BASE_URL's: the usual cause of a mismatch, plain to see side by side.
+    forwarded = request.headers.get("X-Forwarded-Proto", request.scheme)
+    return {"checked_url": settings.public_base_url + request.path,
+            "received_url": f"{forwarded}://{request.host}{request.path}",
+            "signature_header": header, "keys_tried": len(settings.signalwire_signing_keys)}
 
 
 def _signed_url(settings) -> str:
@@ -77,13 +91,15 @@ def _signed_parameters(settings) -> MultiDict:
     checked = f"{request.method} {settings.public_base_url}{request.path}"
     if header is None:
         raise _refused(403, "signature_missing", "missing signature: X-SignalWire-Signature header is required",
-                       "%s: no %s header", checked, " or ".join(SIGNATURE_HEADERS))
+                       "%s: no %s header", checked, " or ".join(SIGNATURE_HEADERS),
+                       logged=_signature_fields(settings, None))
     keys = settings.signalwire_signing_keys
     if not verify_signature(keys, request.headers[header], _signed_url(settings), signed_form, raw_body):
         raise _refused(403, "signature_mismatch", "invalid signature",
                        "%s%s: its %s header matches none of the %d configured signing key(s); check "
                        "PUBLIC_BASE_URL and SIGNALWIRE_SIGNING_KEY", checked,
-                       " (body signed through bodySHA256)" if raw_body is not None else "", header, len(keys))
+                       " (body signed through bodySHA256)" if raw_body is not None else "", header, len(keys),
+                       logged=_signature_fields(settings, header))
     return params
 
 
@@ -104,14 +120,15 @@ def recording_status():
     except RequestEntityTooLarge:
         limit = settings.max_callback_bytes
         raise _refused(413, "body_too_large", f"callback body over {limit} bytes",
-                       "a body over the limit of %d bytes (Content-Length: %s)", limit, request.content_length) from None
+                       "a body over the limit of %d bytes (Content-Length: %s)", limit, request.content_length,
+                       logged={"limit": limit, "content_length": request.content_length}) from None
     try:
         data = callback_schema.load(params)
     except ValidationError as exc:
         # Names only, shortened and quoted: they come from the sender, their values may be anything.
         names = sorted(str(name)[:64] for name in exc.messages)
         raise _refused(400, "invalid_parameters", "invalid callback parameters", "invalid parameters %r", names,
-                       fields=exc.messages)
+                       logged={"fields": names}, fields=exc.messages)
     if data["AccountSid"] != settings.signalwire_project_id:
         raise _refused(403, "account_mismatch", "AccountSid does not match this service's project",
                        "the AccountSid is not SIGNALWIRE_PROJECT_ID")
@@ -132,7 +149,8 @@ def recording_status():
         params=params,
     )
     try:
-        outcome = current_app.extensions["ingest"].submit(event)
+        outcome = current_app.extensions["ingest"].submit(event, request_id())
     except Unavailable:
+        callback_outcome("unavailable")
         raise ApiError(503, "temporarily unable to accept callbacks; retry later", {"Retry-After": "5"})
-    return "", 204, {"X-Callback-Outcome": outcome}
+    return "", 204, {OUTCOME_HEADER: outcome}
