@@ -59,3 +59,7 @@ def on_starting(server):
 
 def child_exit(server, worker):
     multiprocess.process_dead(worker.pid)
+
+
+def on_exit(server):
+    multiprocess.remove(metrics_dir)

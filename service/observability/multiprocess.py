@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+_made: set[str] = set()
+
+
 def prepare() -> str:
     """The directory: the one the environment names (made if missing), else a new one. A
     configuration reload keeps the one already chosen."""
-    path = os.environ.get(ENV) or tempfile.mkdtemp(prefix="recording-keeper-metrics-")
+    path = os.environ.get(ENV)
+    if not path:
+        path = tempfile.mkdtemp(prefix="recording-keeper-metrics-")
+        _made.add(path)
     os.makedirs(path, exist_ok=True)
     os.environ[ENV] = path
     return path
@@ -29,6 +36,12 @@ def empty(path: str) -> None:
     """At start: counts left by an earlier run must not be added to this one's."""
     for name in glob.glob(os.path.join(path, "*.db")):
         os.remove(name)
+
+
+def remove(path: str) -> None:
+    """At exit: a directory made here goes with the process that made it."""
+    if path in _made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def process_dead(pid: int) -> None:
