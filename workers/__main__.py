@@ -22,7 +22,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 
 import redis
 import structlog
@@ -31,7 +30,7 @@ from service.config import ConfigError, load_settings
 from service.observability import metrics
 from service.observability.logs import configure_logging
 from service.pipelines.ingest import JOB_FUNC
-from service.pipelines.rq_adapter import KeeperWorker, StartupStop, will_retry, work_loop_socket_timeout
+from service.pipelines.rq_adapter import KeeperWorker, StartupStop, work_loop_socket_timeout
 from service.services import queue_for, redis_connection
 from workers.housekeeping import Housekeeping
 
@@ -84,7 +83,7 @@ class ObservedWorker(KeeperWorker):
     (`stored`, `retried`, `failed`) and metrics.JOB_DURATION.
     """
 
-    def perform_job(self, job, queue, execution) -> bool:
+    def job_started(self, job) -> None:
         first = job.args[0] if job.args else None
         payload = first if isinstance(first, dict) else {}
         structlog.contextvars.bind_contextvars(
@@ -93,27 +92,15 @@ class ObservedWorker(KeeperWorker):
             recording_sid=payload.get("recording_sid") or (first if isinstance(first, str) else None),
             status=payload.get("status"),
         )
+
+    def job_ended(self, job, outcome: str, seconds: float) -> None:
         callback = job.func_name == JOB_FUNC
-        self._job_result = "failed"
-        started = time.perf_counter()
-        try:
-            return super().perform_job(job, queue, execution)
-        finally:
-            seconds = time.perf_counter() - started
-            result = "stored" if callback and self._job_result == "succeeded" else self._job_result
-            if callback:
-                metrics.JOBS.labels(result).inc()
-                metrics.JOB_DURATION.observe(seconds)
-            log.info("job %s %s", job.id, result, extra={"result": result, "duration_ms": round(seconds * 1000, 1)})
-            structlog.contextvars.clear_contextvars()
-
-    def handle_job_success(self, job, queue, started_job_registry, execution):
-        self._job_result = "succeeded"
-        super().handle_job_success(job, queue, started_job_registry, execution)
-
-    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
-        self._job_result = "retried" if will_retry(self, job) else "failed"
-        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        result = "stored" if callback and outcome == "succeeded" else outcome
+        if callback:
+            metrics.JOBS.labels(result).inc()
+            metrics.JOB_DURATION.observe(seconds)
+        log.info("job %s %s", job.id, result, extra={"result": result, "duration_ms": round(seconds * 1000, 1)})
+        structlog.contextvars.clear_contextvars()
 
 
 def wait_for_redis(connection: redis.Redis, stopping: threading.Event, longest_wait: float = 5.0) -> bool:

@@ -31,7 +31,9 @@ What it relies on:
 - The worker process (workers.__main__): `register_death` runs a transaction on a pooled
   connection (rq/rq#2175); the work loop checks `_stop_requested` before each dequeue; `work()`
   forks its scheduler before installing its own signal handlers; the blocking dequeue lasts
-  `worker_ttl - 15` s and RQ raises the pool's socket timeout to 10 s more than that.
+  `worker_ttl - 15` s and RQ raises the pool's socket timeout to 10 s more than that; each
+  job passes through `perform_job`, then `handle_job_success` or `handle_job_failure` (the
+  job hooks of KeeperWorker).
 - redis-py below 8.2: RQ's warm shutdown stops the worker's pub/sub thread, and 8.2's
   `PubSubWorkerThread.stop()` waits out the thread's 60 s read, longer than Heroku's 30 s.
 """
@@ -365,6 +367,34 @@ class KeeperWorker(SimpleWorker):
         """The work loop ends before its next dequeue (its first, if it has not started), as
         after RQ's own warm-shutdown request."""
         self._stop_requested = True
+
+    # Hooks around each job, for subclasses: `job_started(job)` before it runs, and
+    # `job_ended(job, outcome, seconds)` after, with outcome "succeeded", "retried" or "failed".
+    # They rest on RQ's perform_job, handle_job_success and handle_job_failure (their
+    # signatures in RQ 3.0) and on will_retry.
+
+    def job_started(self, job: Job) -> None:
+        pass
+
+    def job_ended(self, job: Job, outcome: str, seconds: float) -> None:
+        pass
+
+    def perform_job(self, job, queue, execution) -> bool:
+        self.job_started(job)
+        self._job_outcome = "failed"
+        started = time.perf_counter()
+        try:
+            return super().perform_job(job, queue, execution)
+        finally:
+            self.job_ended(job, self._job_outcome, time.perf_counter() - started)
+
+    def handle_job_success(self, job, queue, started_job_registry, execution):
+        self._job_outcome = "succeeded"
+        super().handle_job_success(job, queue, started_job_registry, execution)
+
+    def handle_job_failure(self, job, queue, started_job_registry=None, exc_string="", execution=None):
+        self._job_outcome = "retried" if will_retry(self, job) else "failed"
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
 
 class StartupStop:
