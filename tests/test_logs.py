@@ -106,10 +106,9 @@ def test_gunicorn_logconfig_sends_its_lines_through_the_same_formatter(lines):
     assert len([h for h in logging.getLogger().handlers if getattr(h, logs._MARK, None)]) == 1
 
 
-def test_lines_written_on_every_request_leave_in_batches_and_in_order(capsys):
-    """log_fields, when the root's one handler is ours (as in gunicorn, not under pytest's
-    capture handlers): the same line as logger.log(extra=...) writes, gathered and written
-    together, before any other line and within a tenth of a second."""
+def test_lines_made_in_a_batch_are_the_lines_a_record_makes(capsys):
+    """write_events, when the root's one handler is ours (as in gunicorn, not under pytest's
+    capture handlers): the same lines as logger.log(extra=...) writes, in one write."""
     configure_logging("INFO", [SECRET], "json")
     root = logging.getLogger()
     others = [h for h in root.handlers if not getattr(h, logs._MARK, None)]
@@ -118,22 +117,18 @@ def test_lines_written_on_every_request_leave_in_batches_and_in_order(capsys):
     log = logging.getLogger("tests.access")
     try:
         capsys.readouterr()
-        structlog.contextvars.bind_contextvars(request_id="req-9")
-        logs.log_fields(log, logging.INFO, "GET /a 200", {"path": "/a", "secret": SECRET})
-        logs.log_fields(log, logging.DEBUG, "below the level", {})
-        assert capsys.readouterr().out == ""  # gathered, not written yet
-        log.warning("a line of its own")  # writes what was gathered first
+        now = time.time()
+        fields = {"request_id": "req-9", "path": "/a", "secret": SECRET}
+        logs.write_events(log, [(logging.INFO, logs.event_of(log, logging.INFO, "GET /a 200", now, fields)),
+                                (logging.DEBUG, logs.event_of(log, logging.DEBUG, "below the level", now, {})),
+                                (logging.WARNING, logs.event_of(log, logging.WARNING, "GET /b 404", now, {}))])
         first, second = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        log.info("GET /a 200", extra={"path": "/a", "secret": SECRET})
+        log.info("GET /a 200", extra=fields)
         (reference,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert {**first, "time": None} == {**reference, "time": None}
         assert first["secret"] == "[REDACTED]" and first["request_id"] == "req-9"
-        assert second["event"] == "a line of its own"
-        logs.log_fields(log, logging.INFO, "GET /b 200", {})
-        time.sleep(0.5)  # the timer writes it
-        assert json.loads(capsys.readouterr().out)["event"] == "GET /b 200"
+        assert second["event"] == "GET /b 404" and second["level"] == "warning"
     finally:
-        structlog.contextvars.clear_contextvars()
         for handler in others:
             root.addHandler(handler)
 

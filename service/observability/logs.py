@@ -12,7 +12,6 @@ redacted from it, exception text included.
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
 import os
@@ -22,6 +21,8 @@ import time
 from typing import Any, Iterable
 
 import structlog
+
+from service.observability.request_id import current as current_request_id
 
 # Heroku splits a line over 10,000 bytes; the JSON is ASCII (escaped), so characters are bytes.
 MAX_LINE = 9_000
@@ -172,6 +173,9 @@ class LineFormatter(logging.Formatter):
             "pid": record.process,
             "event": record.getMessage(),
         }
+        request_id = current_request_id.get()
+        if request_id is not None:
+            event["request_id"] = request_id
         event.update(structlog.contextvars.get_contextvars())
         for key, value in record.__dict__.items():
             if key not in _RECORD_FIELDS:
@@ -185,24 +189,43 @@ class LineFormatter(logging.Formatter):
         return self.render(None, event["level"], event)
 
 
-def log_fields(logger: logging.Logger, level: int, message: str, fields: dict) -> None:
-    """One line with `fields`, as `logger.log(level, message, extra=fields)` writes it, for a
-    line written on every request (the access line): when the root's one handler is ours and
-    nothing else is attached, the line is rendered directly, without the LogRecord and its
-    caller lookup, which cost that line half its CPU, and leaves with others (_Stdout.gather)."""
-    if not logger.isEnabledFor(level):
+_LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
+           logging.CRITICAL: "critical"}
+
+
+def event_of(logger: logging.Logger, level: int, message: str, created: float, fields: dict) -> dict:
+    """The event of a line, as a record of `logger.log(level, message, extra=fields)` made at
+    `created` would have it (the fields carry all its context)."""
+    return {"time": _iso(created), "level": _LEVELS.get(level) or logging.getLevelName(level).lower(),
+            "logger": logger.name, "pid": os.getpid(), "event": message, **fields}
+
+
+def write_events(logger: logging.Logger, events: list[tuple[int, dict]]) -> None:
+    """Lines made elsewhere (service.web.access, in a batch), written together: rendered by the
+    one handler's formatter and sent in one write, when the root's one handler is ours and
+    nothing else is attached; otherwise each through `logger.log`, as any other record."""
+    events = [(level, event) for level, event in events if logger.isEnabledFor(level)]
+    if not events:
         return
     handlers = logging.root.handlers
     handler = handlers[0] if len(handlers) == 1 else None
-    if handler is None or not getattr(handler, _MARK, None) or logger.handlers or logger.filters \
-            or handler.filters or level < handler.level:
-        logger.log(level, "%s", message, extra=fields)  # anything else attached sees a record, as usual
+    if handler is None or not getattr(handler, _MARK, None) or logger.handlers or logger.filters or handler.filters:
+        for level, event in events:
+            fields = {k: v for k, v in event.items() if k not in FIRST_FIELDS}
+            logger.log(level, "%s", event["event"], extra=fields)
         return
-    name = logging.getLevelName(level).lower()
-    event = {"time": _iso(time.time()), "level": name, "logger": logger.name, "pid": os.getpid(), "event": message}
-    event.update(structlog.contextvars.get_contextvars())
-    event.update(fields)
-    handler.gather(handler.formatter.render(None, name, event))
+    render = handler.formatter.render
+    text = "".join([render(None, event["level"], event) + "\n" for level, event in events if level >= handler.level])
+    with handler.lock:
+        try:
+            stream = handler.stream
+            stream.write(text)
+            stream.flush()
+        except Exception:  # as StreamHandler does: logging never breaks the caller
+            if logging.raiseExceptions:
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
 
 
 def formatter(fmt: str = "json") -> logging.Formatter:
@@ -219,24 +242,10 @@ def formatter(fmt: str = "json") -> logging.Formatter:
 
 class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time (as logging's last-resort handler does with
-    stderr), so a replaced stdout (a test's capture) never leaves it writing to a closed one.
-
-    Lines written on every request (log_fields) are gathered and leave together, in one write
-    a tenth of a second (or per 64 KB): a write per line was a system call, with the GIL
-    handed over, on the webhook's path. Any other line first writes what is gathered, so the
-    order holds; so do a fork, the exit, and a timer thread. A process killed outright loses
-    at most its last tenth of a second of access lines.
-    """
-
-    FLUSH_AFTER = 0.1
-    MAX_GATHERED = 64 * 1024
+    stderr), so a replaced stdout (a test's capture) never leaves it writing to a closed one."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._gathered: list[str] = []
-        self._size = 0
-        self._waiting = threading.Event()
-        self._flusher_pid = 0
 
     @property
     def stream(self):  # type: ignore[override]
@@ -246,60 +255,12 @@ class _Stdout(logging.StreamHandler):
     def stream(self, value) -> None:
         pass
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._gathered:  # (the handler's lock is held)
-            self._write_gathered()
-        super().emit(record)
-
-    def gather(self, line: str) -> None:
-        with self.lock:
-            self._gathered.append(line + "\n")
-            self._size += len(line) + 1
-            if self._size >= self.MAX_GATHERED:
-                self._write_gathered()
-            if self._flusher_pid != os.getpid():  # none yet in this process (threads do not survive a fork)
-                self._flusher_pid = os.getpid()
-                threading.Thread(target=self._flush_soon, name="log-lines", daemon=True).start()
-        self._waiting.set()
-
-    def flush(self) -> None:
-        with self.lock:
-            if self._gathered:
-                self._write_gathered()
-        super().flush()
-
-    def _write_gathered(self) -> None:
-        text, self._gathered, self._size = "".join(self._gathered), [], 0
-        try:
-            stream = self.stream
-            stream.write(text)
-            stream.flush()
-        except Exception:  # as StreamHandler does: logging never breaks the caller
-            if logging.raiseExceptions:
-                import traceback
-
-                traceback.print_exc(file=sys.stderr)
-
-    def _after_fork_in_child(self) -> None:
-        self._waiting = threading.Event()  # the parent's may have been locked mid-wait
-        self._flusher_pid = 0
-
-    def _flush_soon(self) -> None:
-        while True:
-            self._waiting.wait()
-            time.sleep(self.FLUSH_AFTER)
-            self._waiting.clear()
-            self.flush()
-
 
 def make_handler(fmt: str = "json") -> logging.Handler:
     """The one handler, on the root logger; also named in gunicorn's `logconfig_dict`."""
     handler = _Stdout()
     handler.setFormatter(formatter(fmt))
     setattr(handler, _MARK, fmt)
-    # Gathered lines leave before a fork (a child must not write them again) and at the exit.
-    os.register_at_fork(before=handler.flush, after_in_child=handler._after_fork_in_child)
-    atexit.register(handler.flush)
     return handler
 
 

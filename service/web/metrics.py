@@ -26,4 +26,7 @@ def metrics():
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise ApiError(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="metrics"'})
     services = current_app.extensions["services"]
+    access = current_app.extensions.get("access")
+    if access is not None:
+        access.drain()  # this process's requests so far, counted now
     return Response(scrape.render(services.queue, services.store), content_type=CONTENT_TYPE_LATEST)

@@ -35,7 +35,7 @@ def _refused(status: int, reason: str, message: str, why: str, *args, logged: di
     operator the reason (a wrong PUBLIC_BASE_URL or signing key otherwise drops every callback
     unseen). `reason` is a short fixed token for machines (one of metrics.REFUSAL_REASONS),
     `logged` the line's other fields; no key, signature or parameter value is logged."""
-    refuse(reason, log, f"callback refused ({reason}): {why % args if args else why}", **(logged or {}))
+    refuse(reason, f"callback refused ({reason}): {why % args if args else why}", **(logged or {}))
     return ApiError(status, message, **details)
 
 
