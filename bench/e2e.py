@@ -22,6 +22,7 @@ from datetime import datetime
 import redis
 import requests
 import sqlalchemy as sa
+from rq import Queue
 
 from bench.common import (
     CALLBACK_PATH, callback_params, children, cpu_seconds, database, EmbeddedRedis, fmt, free_port, log, pct,
@@ -30,7 +31,7 @@ from bench.common import (
 from devstack.stack import Stack
 from service.store.sql import R, Store
 
-QUEUE_KEY = "rq:queue:recordings"
+QUEUE_NAME = "recordings"
 
 
 class Harness:
@@ -45,6 +46,7 @@ class Harness:
     def __enter__(self):
         self.redis_server = EmbeddedRedis().start()
         self.redis = redis.Redis.from_url(self.redis_server.url)
+        self.queue = Queue(QUEUE_NAME, connection=self.redis)
         log(f"e2e: sandbox with {self.recordings} recordings")
         self.sandbox = SandboxProcess(self.recordings, self.tmp).start()
         self._db = database(self.db_kind, self.tmp)
@@ -122,7 +124,7 @@ def paced(db_kind: str = "sqlite", rate: float = 100, duration: float = 60, work
             t0 = time.monotonic()
             while not stop.wait(1.0) and time.monotonic() - t0 < duration + 120:
                 stored.update(h.stored())
-                depth.append((round(time.monotonic() - t0, 1), h.redis.llen(QUEUE_KEY), len(stored)))
+                depth.append((round(time.monotonic() - t0, 1), h.queue.count, len(stored)))
 
         th = threading.Thread(target=sampler, daemon=True)
         log(f"e2e {db_kind}: {rate}/s for {duration} s, {workers} worker(s)")

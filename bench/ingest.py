@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import redis
+from rq import Queue
 
 from bench import loadgen
 from bench.common import (
@@ -201,7 +202,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
                             q = measure("quiet", c, duration)
                             client.flushall()
                         w = measure("webhook", c, duration)
-                        queued = client.llen("rq:queue:recordings")
+                        queued = Queue("recordings", connection=client).count
                         client.flushall()  # fresh dedupe keys: the next run's callbacks are new again
                         if quiet and rep % 2 == 1:
                             q = measure("quiet", c, duration)

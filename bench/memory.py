@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import sqlalchemy as sa
 
 from bench.common import CALLBACK_PATH, callback_params, fmt, log, publish, rss_kb, signed_body, workdir
-from bench.e2e import QUEUE_KEY, Harness
+from bench.e2e import Harness
 from service.store.sql import E
 
 MAX_BACKLOG = 2000
@@ -37,7 +37,7 @@ def run(callbacks: int = 100_000, db_kind: str = "sqlite", workers: int = 2, tim
             t0 = time.monotonic()
             while True:
                 samples.append({"t": round(time.monotonic() - t0, 1), "sent": sent[0], "handled": events(),
-                                "queue": h.redis.llen(QUEUE_KEY),
+                                "queue": h.queue.count,
                                 "web_kb": {p: rss_kb(p) for p in web}, "worker_kb": {p: rss_kb(p) for p in wrk}})
                 if stop.wait(1.0):
                     return
@@ -58,7 +58,7 @@ def run(callbacks: int = 100_000, db_kind: str = "sqlite", workers: int = 2, tim
         chunk = 200
         with ThreadPoolExecutor(8) as pool:
             for start in range(0, recordings, chunk):
-                while h.redis.llen(QUEUE_KEY) > MAX_BACKLOG and time.monotonic() < deadline:
+                while h.queue.count > MAX_BACKLOG and time.monotonic() < deadline:
                     time.sleep(0.05)
                 if time.monotonic() > deadline:
                     log("memory: time limit reached, stopping early")
@@ -67,7 +67,7 @@ def run(callbacks: int = 100_000, db_kind: str = "sqlite", workers: int = 2, tim
                 list(pool.map(lambda i: post(i, "in-progress"), idx))
                 list(pool.map(lambda i: post(i, "completed"), idx))
                 sent[0] += 2 * len(idx)
-        while h.redis.llen(QUEUE_KEY) > 0 and time.monotonic() < deadline:
+        while h.queue.count > 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(2)
         stop.set()

@@ -92,7 +92,8 @@ def run(db_kind: str = "sqlite", jobs: int = 600, repeats: int = 3) -> dict:
                             log(f"worker {db_kind} {cls} rep {rep}: {k} block pairs of {size}: no-op "
                                 f"{median(r['noop'][-k:]):.0f} jobs/s, process_callback {median(r['callback'][-k:]):.0f} "
                                 f"jobs/s, paired ratio {median(r['ratio'][-k:]):.2f}x, failed {failed}")
-                            conn.delete("rq:failed:recordings")
+                            for job_id in queue.failed_job_registry.get_job_ids():
+                                queue.failed_job_registry.remove(job_id)
                 conn.close()
         finally:
             sandbox.stop()

@@ -171,7 +171,7 @@ def _failed_jobs(services):
 def _describe(job) -> dict:
     """What an operator needs about one dead letter."""
     from service.domain.recordings import CallbackEvent
-    from workers import rq_adapter
+    from service.pipelines import rq_adapter
 
     sid = status = "?"
     try:
@@ -240,7 +240,7 @@ def replay(job_ids: tuple[str, ...], replay_all: bool, inbox: bool) -> None:
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import Job
 
-    from workers import rq_adapter
+    from service.pipelines import rq_adapter
 
     if bool(job_ids) == replay_all:
         raise click.UsageError("give JOB_ID(s) or --all")

@@ -28,7 +28,7 @@ def always_fails(message: str = "boom") -> None:
 
 def gives_up(message: str = "cannot be fixed by retrying") -> None:
     """Counts its runs, then fails for good through the adapter."""
-    from workers import rq_adapter
+    from service.pipelines import rq_adapter
 
     job = get_current_job()
     job.connection.incr(f"test:runs:{job.id}")

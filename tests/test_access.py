@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families

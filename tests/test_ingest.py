@@ -3,55 +3,19 @@ and the group commit that lets concurrent requests share a round trip."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import zlib
 from types import SimpleNamespace
 
 import pytest
 import redis
 from rq.job import Job
 
-from service.pipelines.ingest import (
-    FAILURE_TTL, INBOX_TRIES, JOB_FUNC, RESULT_TTL, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for, retry_policy,
-)
+from service.pipelines.ingest import INBOX_TRIES, JOB_FUNC, RETRY_INTERVALS, GroupCommit, Ingest, job_id_for
 from service.domain.recordings import CallbackEvent
 from service.services import queue_for
 
 SETTINGS = SimpleNamespace(queue_name="recordings")
-
-
-@pytest.mark.parametrize("request_id", ["4bd3c0a6-9a4e-4c8e-8d54-0d3c5a9e8f11", None])
-def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id):
-    """Guards the per-process template against RQ upgrades: same fields, same static values,
-    and the request id in the job's meta as RQ would store it."""
-    queue = queue_for(SETTINGS, redis_conn)
-    event = CallbackEvent(recording_sid="5d2b-rec", account_sid="acct", status="completed", params={"A": "1"})
-    ingest = Ingest(queue, store=None, dedupe_ttl=60)
-    assert ingest.enqueue(event, request_id)
-    ours = {k.decode(): v for k, v in redis_conn.hgetall(Job.key_for(job_id_for(event))).items()}
-
-    reference = queue.create_job(JOB_FUNC, args=(event.to_payload(),), job_id="reference", retry=retry_policy(),
-                                 result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL,
-                                 description=f"recording {event.recording_sid} {event.status}",
-                                 meta={"request_id": request_id} if request_id else None)
-    queue.enqueue_job(reference)
-    theirs = {k.decode(): v for k, v in redis_conn.hgetall(reference.key).items()}
-
-    assert set(ours) == set(theirs)
-    varying = {"created_at", "enqueued_at", "retry_intervals", "data"}
-    assert {k: v for k, v in ours.items() if k not in varying} == {k: v for k, v in theirs.items() if k not in varying}
-    assert json.loads(ours["data"]) == json.loads(zlib.decompress(theirs["data"]))  # RQ reads both
-    intervals = json.loads(ours["retry_intervals"])
-    assert len(intervals) == len(RETRY_INTERVALS)
-    assert all(base <= got <= base * 1.5 for base, got in zip(RETRY_INTERVALS, intervals))
-
-    job = Job.fetch(job_id_for(event), connection=redis_conn, serializer=queue.serializer)
-    assert job.func_name == JOB_FUNC and list(job.args) == [event.to_payload()]
-    assert job.retries_left == len(RETRY_INTERVALS) and job.get_status() == "queued"
-    assert job.meta == ({"request_id": request_id} if request_id else {})
-    assert queue.job_ids == [job_id_for(event), "reference"]
 
 
 def test_template_is_rewritten_when_redis_lost_it(redis_conn):

@@ -137,7 +137,7 @@ def test_the_worker_counts_and_logs_each_callback_job_by_how_it_ended(worker_env
     from service.config import load_settings
     from service.pipelines.ingest import Ingest
     from service.services import queue_for
-    from workers.__main__ import KeeperWorker
+    from workers.__main__ import ObservedWorker
 
     queue = queue_for(load_settings(worker_env), redis_conn)
     ingest = Ingest(queue, None, dedupe_ttl=60)
@@ -152,7 +152,7 @@ def test_the_worker_counts_and_logs_each_callback_job_by_how_it_ended(worker_env
     durations = metrics.JOB_DURATION._sum.get(), sum(b.get() for b in metrics.JOB_DURATION._buckets)
     configure_logging("INFO")
     capsys.readouterr()
-    KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
+    ObservedWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     counted = {result: metrics.JOBS.labels(result)._value.get() - before[result] for result in metrics.JOB_RESULTS}
     assert counted == {"stored": 1, "retried": 1, "failed": 0}

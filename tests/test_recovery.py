@@ -1,6 +1,7 @@
-"""Crash recovery with real worker processes (`python -m workers`) on a real Redis: a job whose
-worker was SIGKILLed runs again on another worker within seconds, and a job stuck in RQ's
-intermediate queue is put back."""
+"""Crash recovery and stops with real worker processes (`python -m workers`) on a real Redis: a
+job whose worker was SIGKILLed runs again on another worker within seconds, and a stop at any
+moment is a clean exit. What recovery and the worker rely on in RQ, case by case, is guarded
+by tests/test_rq_adapter.py."""
 
 from __future__ import annotations
 
@@ -10,14 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 import pytest
 import redis
-from rq import SimpleWorker
+from rq import Worker
 from rq.job import Job, JobStatus
-from rq.worker import BaseWorker
 
 from service.config import load_settings
 from devstack.redis_server import EmbeddedRedis, free_port
@@ -26,7 +25,7 @@ from service.store.sql import Store
 from tests.e2e import wait_for
 from tests.faults import TcpProxy
 from workers import recovery
-from workers.__main__ import REDIS_SOCKET_TIMEOUT, WORKER_TTL, KeeperWorker, StartupStop
+from workers.__main__ import REDIS_SOCKET_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,62 +130,11 @@ def _only_worker_name(tmp_path) -> str:
 
 def test_an_idle_worker_exits_0_on_sigterm_within_seconds(workers, redis_conn):
     proc = workers.start()
-    wait_for(lambda: BaseWorker.all(connection=redis_conn), 20, what="the worker to register")
+    wait_for(lambda: Worker.all(connection=redis_conn), 20, what="the worker to register")
     started = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(30) == 0
     assert time.monotonic() - started < 10
-
-
-def test_a_job_stuck_in_the_intermediate_queue_is_put_back(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    # What a worker does on dequeue (LMOVE to the intermediate queue) before Redis dropped.
-    assert redis_conn.lmove(queue.key, queue.intermediate_queue_key) == job.id.encode()
-    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # first seen now
-    time.sleep(0.3)
-    report = recovery.recover(queue, intermediate_grace=0.2)
-    assert report.unstuck == [job.id]
-    assert queue.intermediate_queue.get_job_ids() == [] and queue.get_job_ids() == [job.id]
-    assert recovery.recover(queue, intermediate_grace=0.2).unstuck == []  # once only
-    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
-    assert job.get_status(refresh=True) == JobStatus.FINISHED and runs(redis_conn, job.id) == 1
-
-
-def test_a_live_workers_job_is_left_alone_and_a_dead_ones_taken(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
-    worker.register_birth()
-    dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
-    execution = worker.prepare_execution(dequeued)
-    worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
-    recovery.beat(redis_conn, worker.name, alive_ttl=5)
-    assert not recovery.recover(queue)  # alive: nothing to do
-    assert queue.started_job_registry.get_job_ids(cleanup=False) == [job.id]
-
-    redis_conn.delete(recovery.ALIVE_KEY.format(worker.name))  # the beat stopped: dead
-    assert recovery.recover(queue).requeued == [job.id]
-    assert not redis_conn.exists(execution.key)
-    assert queue.get_job_ids() == [job.id] and job.get_status(refresh=True) == JobStatus.QUEUED
-    worker.register_death()
-    SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer).work(burst=True)
-    assert job.get_status(refresh=True) == JobStatus.FINISHED
-
-
-def test_a_job_that_keeps_killing_its_worker_becomes_a_dead_letter(queue, redis_conn):
-    job = queue.enqueue("tests.jobs_for_tests.quick")
-    for attempt in range(recovery.MAX_RECOVERIES + 1):
-        worker = SimpleWorker([queue], connection=redis_conn, serializer=queue.serializer)
-        worker.register_birth()
-        dequeued, _ = queue.dequeue_any([queue], None, connection=redis_conn, serializer=queue.serializer)
-        worker.prepare_execution(dequeued)
-        worker.prepare_job_execution(dequeued, remove_from_intermediate_queue=True)
-        redis_conn.delete(worker.key)  # gone without a trace
-        report = recovery.recover(queue)
-        if attempt < recovery.MAX_RECOVERIES:
-            assert report.requeued == [job.id]
-    assert report.failed == [job.id]
-    assert job.get_status(refresh=True) == JobStatus.FAILED
-    assert job.id in queue.failed_job_registry.get_job_ids()
 
 
 def test_worker_housekeeping_drains_the_inbox_and_sweeps(worker_env, workers, sandbox, sandbox_credentials):
@@ -255,58 +203,6 @@ def test_a_sigterm_while_waiting_for_redis_exits_0(worker_env, tmp_path):
              interval=0.05, what="the worker to wait for Redis")
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(10) == 0
-
-
-def test_the_start_up_stop_handler_ends_a_forked_child_as_the_default_would():
-    # RQ forks its scheduler process before it installs its own handlers. A SIGTERM that our
-    # inherited handler swallowed there left the scheduler running, and the worker's warm
-    # shutdown waiting on it until a second signal (seen once in CI: 30 s, then a cold shutdown).
-    stop = StartupStop()
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(1)
-            finally:
-                os._exit(7)  # reached only if the signal was swallowed
-        _, status = os.waitpid(pid, 0)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
-    assert not stop.requested.is_set()
-
-    # In the worker's own process it only asks for a clean stop.
-    stop.worker = SimpleNamespace(_stop_requested=False)  # the one attribute it sets
-    stop(signal.SIGTERM, None)
-    assert stop.requested.is_set() and stop.worker._stop_requested is True
-
-
-def test_death_is_registered_after_a_stop_broke_a_redis_transaction(redis_conn):
-    # What RQ's StopRequested, raised mid-transaction by an idle worker's SIGTERM handler,
-    # leaves behind (rq/rq#2175): a pooled connection inside MULTI with its replies unread.
-    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
-    worker = KeeperWorker([queue], connection=redis_conn, serializer=queue.serializer)
-    worker.register_birth()
-    pool = redis_conn.connection_pool
-    dirty = pool.get_connection()
-    dirty.send_command("MULTI")
-    dirty.send_command("HSET", "interrupted", "f", "v")
-    pool.release(dirty)
-
-    worker.register_death()
-
-    assert redis_conn.hget(worker.key, "death") is not None
-    assert worker.name not in {w.name for w in SimpleWorker.all(connection=redis_conn)}
-
-
-def test_the_work_loops_redis_timeout_outlasts_the_blocking_dequeue(redis_conn):
-    queue = queue_for(SimpleNamespace(queue_name="recordings"), redis_conn)
-    worker = KeeperWorker([queue], connection=redis_conn, worker_ttl=WORKER_TTL)
-    # Not shorter than what RQ would set on the pool (it would then change it, for new
-    # connections only), and longer than the blocking dequeue, which must not time out.
-    assert REDIS_SOCKET_TIMEOUT >= worker.connection_timeout > worker.dequeue_timeout
 
 
 def test_a_worker_whose_redis_connection_went_half_open_carries_on(worker_env, redis_url, tmp_path):

@@ -77,11 +77,7 @@ class Housekeeping:
         self._stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self._ingest: Ingest | None = None
-        self.deliverer = HttpDeliverer(allow_private=settings.notify_allow_private, timeout=settings.notify_timeout,
-                                       pool_size=settings.notify_concurrency)
-        self.sender = Sender(self.services.store.notifications, self.deliverer,
-                             schedule=settings.notify_retry_schedule, concurrency=settings.notify_concurrency,
-                             poll_interval=settings.notify_poll_interval, lease_seconds=lease_for(settings.notify_timeout))
+        self.deliverer: HttpDeliverer | None = None
 
     # --- the chores ------------------------------------------------------------------------
 
@@ -142,7 +138,12 @@ class Housekeeping:
             self.threads.append(
                 _Periodic("sweep", min(30, s.sweep_interval), self.sweep_if_due, self._stop, first_delay=5)
             )
-        self.threads.append(threading.Thread(target=self.sender.run, args=(self._stop,), name="notify", daemon=True))
+        self.deliverer = HttpDeliverer(allow_private=s.notify_allow_private, timeout=s.notify_timeout,
+                                       pool_size=s.notify_concurrency)
+        sender = Sender(self.services.store.notifications, self.deliverer, schedule=s.notify_retry_schedule,
+                        concurrency=s.notify_concurrency, poll_interval=s.notify_poll_interval,
+                        lease_seconds=lease_for(s.notify_timeout))
+        self.threads.append(threading.Thread(target=sender.run, args=(self._stop,), name="notify", daemon=True))
         for thread in self.threads:
             thread.start()
         return self
@@ -154,7 +155,8 @@ class Housekeeping:
             thread.join(timeout if thread.name != "sweep" else 0.1)
         # The sender wrote what ended within a second; a delivery still in flight dies with the
         # process, and its lease runs out before another worker sends it again.
-        self.deliverer.close()
+        if self.deliverer is not None:
+            self.deliverer.close()
         try:
             self.relay_metrics()  # the last jobs' counts
         except redis.RedisError as exc:

@@ -14,7 +14,7 @@ from service.domain.processing import PermanentFailure, handle_callback
 from service.domain.recordings import CallbackEvent
 from service.media.archive import Archiver
 from service.services import Services
-from workers import rq_adapter
+from service.pipelines import rq_adapter
 
 log = logging.getLogger(__name__)
 

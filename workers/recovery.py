@@ -25,22 +25,22 @@ script) are judged by their RQ key only.
   seen there for more than `intermediate_grace` seconds (RQ's own first-seen marker): a
   worker took them but never started them (Redis dropped between LMOVE and the reply).
   Removed (LREM decides the winner) and enqueued again unless already queued or finished.
+
+What this needs of RQ's internals (registry members, execution records, worker keys, the
+intermediate queue) goes through service.pipelines.rq_adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.executions import Execution
 from rq.job import Job, JobStatus
-from rq.job_lifecycle import record_job_failure
-from rq.utils import parse_composite_key
-from rq.worker import BaseWorker
+
+from service.pipelines import rq_adapter
 
 from service.liveness import ALIVE_KEY, WORKERS_KEY
 from service.observability import metrics
@@ -74,10 +74,10 @@ def forget(connection: redis.Redis, worker_name: str) -> None:
 def worker_alive(connection: redis.Redis, worker_name: str | None) -> bool:
     if not worker_name:
         return False
-    key = BaseWorker.redis_worker_namespace_prefix + worker_name
+    key = rq_adapter.worker_key(worker_name)
     with connection.pipeline(transaction=False) as pipe:
         pipe.exists(key)
-        pipe.hexists(key, "death")
+        pipe.hexists(key, rq_adapter.WORKER_DEATH_FIELD)
         pipe.exists(ALIVE_KEY.format(worker_name))
         pipe.exists(MANAGED_KEY.format(worker_name))
         registered, dead, alive, managed = pipe.execute()
@@ -98,47 +98,26 @@ class RecoveryReport:
 
 def recover(queue: Queue, *, intermediate_grace: float = DEFAULT_INTERMEDIATE_GRACE) -> RecoveryReport:
     report = RecoveryReport()
-    connection = queue.connection
-    registry = queue.started_job_registry
     holders: set[str] = set()
-    for composite, job_id, execution in _started(queue):
-        if _runs_on_live_worker(queue, job_id, execution):
-            holders.add(job_id)
+    for run in rq_adapter.started_runs(queue):
+        if _runs_on_live_worker(queue, run):
+            holders.add(run.job_id)
             continue
-        if not connection.zrem(registry.key, composite):
+        if not rq_adapter.take_started(queue, run):
             continue  # another recoverer (or the worker finishing) got there first
-        outcome = _requeue_abandoned(queue, job_id, execution)
+        outcome = _requeue_abandoned(queue, run)
         if outcome == "requeued":
-            report.requeued.append(job_id)
+            report.requeued.append(run.job_id)
         elif outcome == "failed":
-            report.failed.append(job_id)
+            report.failed.append(run.job_id)
     _recover_intermediate(queue, holders, intermediate_grace, report)
     if report:
         log.warning("recovered jobs of dead workers: %s", report)
     return report
 
 
-def _started(queue: Queue, only: str | None = None):
-    """(registry member, job id, execution) for each entry of the StartedJobRegistry, or for
-    job `only`'s entries (the others' execution hashes are then not read)."""
-    connection = queue.connection
-    for member in connection.zrange(queue.started_job_registry.key, 0, -1):
-        composite = member.decode() if isinstance(member, bytes) else member
-        job_id, execution_id = parse_composite_key(composite)
-        if only is not None and job_id != only:
-            continue
-        execution = Execution(id=execution_id, job_id=job_id, connection=connection)
-        data = connection.hgetall(execution.key)
-        if data:
-            execution.restore(data)
-        yield composite, job_id, execution
-
-
-def _runs_on_live_worker(queue: Queue, job_id: str, execution: Execution) -> bool:
-    worker_name = execution.worker_name
-    if not worker_name:
-        raw = queue.connection.hget(Job.key_for(job_id), "worker_name")
-        worker_name = raw.decode() if raw else None
+def _runs_on_live_worker(queue: Queue, run: rq_adapter.StartedRun) -> bool:
+    worker_name = run.worker_name or rq_adapter.last_worker_of(queue.connection, run.job_id)
     return worker_alive(queue.connection, worker_name)
 
 
@@ -149,55 +128,43 @@ def _fetch(queue: Queue, job_id: str) -> Job | None:
         return None
 
 
-def _requeue_abandoned(queue: Queue, job_id: str, execution: Execution) -> str:
+def _requeue_abandoned(queue: Queue, run: rq_adapter.StartedRun) -> str:
+    job_id = run.job_id
     job = _fetch(queue, job_id)
-    connection = queue.connection
-    with connection.pipeline() as pipe:
-        pipe.delete(execution.key)
-        if execution.worker_name:
-            pipe.srem(execution.worker_executions_key, execution.composite_key)
-        pipe.zrem(job.execution_registry.key if job else f"rq:executions:{job_id}", execution.id)
+    with queue.connection.pipeline() as pipe:
+        rq_adapter.forget_run(pipe, run, job)
         if job is None or job.get_status(refresh=False) != JobStatus.STARTED:
             pipe.execute()
             return "gone"  # finished, failed or deleted meanwhile: only the leftovers go
         recoveries = int(job.meta.get("recoveries", 0)) + 1
         job.meta["recoveries"] = recoveries
         if recoveries > MAX_RECOVERIES:
-            record_job_failure(job, f"worker died {recoveries} times while running this job", pipe)
+            rq_adapter.fail_abandoned(job, f"worker died {recoveries} times while running this job", pipe)
             pipe.execute()
             log.error("job %s killed its worker %d times: moved to the failed jobs", job_id, recoveries)
             metrics.JOBS.labels("failed").inc()
             return "failed"
-        pipe.lrem(queue.intermediate_queue_key, 0, job_id)
-        job.started_at = None
-        # As RQ's own BaseRegistry.requeue does (our jobs have no dependencies to set up).
-        queue._enqueue_job(job, pipeline=pipe, at_front=True)
+        rq_adapter.requeue_abandoned(queue, job, pipe)
         pipe.execute()
-    log.warning("job %s: worker %s is dead; requeued (recovery %d)", job_id, execution.worker_name or "?", recoveries)
+    log.warning("job %s: worker %s is dead; requeued (recovery %d)", job_id, run.worker_name or "?", recoveries)
     return "requeued"
 
 
 def _recover_intermediate(queue: Queue, holders: set[str], grace: float, report: RecoveryReport) -> None:
-    intermediate = queue.intermediate_queue
-    connection = queue.connection
-    for job_id in intermediate.get_job_ids():
+    for job_id in rq_adapter.intermediate_job_ids(queue):
         if job_id in holders:
             continue
-        if intermediate.set_first_seen(job_id):
+        if not rq_adapter.in_intermediate_longer_than(queue, job_id, grace):
             continue  # just seen; a live worker may be about to start it
-        first_seen = intermediate.get_first_seen(job_id)
-        if first_seen is not None and time.time() - first_seen.timestamp() < grace:
-            continue
         # Re-read: the job may have started since the registry was read.
         if _is_started_by_live_worker(queue, job_id):
             continue
-        if not connection.lrem(intermediate.key, 1, job_id):
+        if not rq_adapter.take_from_intermediate(queue, job_id):
             continue
-        connection.delete(intermediate.get_first_seen_key(job_id))
         job = _fetch(queue, job_id)
         if job is None or job.get_status(refresh=False) not in (JobStatus.QUEUED, JobStatus.STARTED):
             continue
-        if connection.lpos(queue.key, job_id) is not None:
+        if queue.get_job_position(job_id) is not None:
             continue  # already back in the queue
         job.started_at = None
         queue.enqueue_job(job, at_front=True)
@@ -206,4 +173,4 @@ def _recover_intermediate(queue: Queue, holders: set[str], grace: float, report:
 
 
 def _is_started_by_live_worker(queue: Queue, job_id: str) -> bool:
-    return any(_runs_on_live_worker(queue, job_id, execution) for _, _, execution in _started(queue, job_id))
+    return any(_runs_on_live_worker(queue, run) for run in rq_adapter.started_runs(queue, job_id))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import json
 import logging
 import random
 import re
@@ -21,10 +20,9 @@ from typing import Callable, Literal
 
 import redis
 from rq import Queue, Retry
-from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
-from rq.utils import now as utcnow, utcformat
 
 from service.domain.recordings import CallbackEvent
+from service.pipelines.rq_adapter import EnqueueOnce, OnceJob
 
 log = logging.getLogger(__name__)
 
@@ -39,42 +37,6 @@ INBOX_REQUEST_ID = "request_id"
 # Drains (INBOX_DRAIN_INTERVAL apart) that try an unreadable inbox row before setting it aside.
 INBOX_TRIES = 5
 FAILURE_TTL = 7 * 24 * 3600
-
-# KEYS: set of queues, job template, queue key, then per event: dedupe key, job key.
-# ARGV: dedupe ttl, queue key, timestamp, then per event: job id, data, description,
-#       retry intervals, meta (the request id, carried into the worker's log lines; '' for none).
-# RQ's own unique-enqueue steps plus the dedupe marker, for a batch of events in one round
-# trip: a duplicate can never produce a second job. The fields every job shares come from a
-# template hash that RQ built (see _JobTemplate), so the request carries only what differs.
-# Returns 1 (queued) or 0 (duplicate) per event, or -1 when there is no template yet.
-_ENQUEUE_ONCE = """
-local template = redis.call('HGETALL', KEYS[2])
-if #template == 0 then
-    return -1
-end
-local ttl = tonumber(ARGV[1])
-local created, ids = {}, {}
-for i = 1, (#KEYS - 3) / 2 do
-    local dedupe, job = KEYS[2 + 2 * i], KEYS[3 + 2 * i]
-    local a = 5 * i - 1
-    created[i] = 0
-    if redis.call('SET', dedupe, '1', 'NX', 'EX', ttl) and redis.call('EXISTS', job) == 0 then
-        redis.call('HSET', job, unpack(template))
-        redis.call('HSET', job, 'data', ARGV[a + 1], 'created_at', ARGV[3], 'enqueued_at', ARGV[3],
-                   'description', ARGV[a + 2], 'retry_intervals', ARGV[a + 3])
-        if ARGV[a + 4] ~= '' then
-            redis.call('HSET', job, 'meta', ARGV[a + 4])
-        end
-        ids[#ids + 1] = ARGV[a]
-        created[i] = 1
-    end
-end
-if #ids > 0 then
-    redis.call('RPUSH', KEYS[3], unpack(ids))
-    redis.call('SADD', KEYS[1], ARGV[2])
-end
-return created
-"""
 
 Outcome = Literal["queued", "duplicate", "inbox"]
 
@@ -121,53 +83,12 @@ def retry_policy() -> Retry:
     return Retry(max=len(RETRY_INTERVALS), interval=jittered_intervals())
 
 
-class _JobTemplate:
-    """The fields every callback job shares, as RQ itself writes them, kept in Redis.
-
-    Building an RQ Job per request (create_job, _prepare_for_queue, to_dict, zlib) and
-    sending its ~20 fields was most of the webhook's CPU. RQ builds one template job per
-    process instead; only the payload, timestamps, description and jittered retry intervals
-    differ per job. The job data is stored uncompressed JSON, which RQ reads as is.
-    tests/test_ingest.py compares the result with RQ's own create_job, field by field.
-    """
-
-    VARYING = ("data", "created_at", "enqueued_at", "description", "retry_intervals", "meta")
-
-    def __init__(self, queue: Queue):
-        self.serializer = queue.serializer
-        job = queue.create_job(JOB_FUNC, args=({},), job_id="template", retry=retry_policy(),
-                               result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, description="")
-        queue._prepare_for_queue(job)  # origin, timeout, status
-        fields = _build_hset_args(job)
-        self.static = {k: v for k, v in zip(fields[::2], fields[1::2]) if k not in self.VARYING}
-        # Named by its content: a deploy that changes a field (the retry count, RQ's own
-        # fields) writes a new template instead of reading the old one.
-        digest = hashlib.sha256(json.dumps(self.static, sort_keys=True, default=repr).encode()).hexdigest()[:16]
-        self.key = f"recording-keeper:job-template:{queue.name}:{digest}"
-        # Drawn per job from a few hundred jittered schedules made once: as good at spreading
-        # a burst of retries, without 15 random numbers and a JSON dump per callback.
-        self.schedules = [json.dumps(jittered_intervals()) for _ in range(256)]
-
-    def store(self, connection: redis.Redis) -> None:
-        connection.hset(self.key, mapping=self.static)
-
-    def args(self, event: CallbackEvent, request_id: str | None) -> list:
-        return [
-            self.serializer.dumps((JOB_FUNC, None, [event.to_payload()], {})),
-            f"recording {event.recording_sid} {event.status}",
-            random.choice(self.schedules),
-            # As the serializer writes {"request_id": ...} (tests/test_ingest.py compares), for less.
-            f'{{"request_id": {json.dumps(request_id)}}}' if request_id else "",
-        ]
-
-
 class Ingest:
     def __init__(self, queue: Queue, store, dedupe_ttl: int):
         self.queue = queue
         self.store = store
         self.dedupe_ttl = dedupe_ttl
-        self._script = queue.connection.register_script(_ENQUEUE_ONCE)
-        self._template: _JobTemplate | None = None
+        self._enqueue_once = EnqueueOnce(queue, JOB_FUNC, retry_policy, result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL)
         self._group = GroupCommit(self.enqueue_many)
 
     def enqueue(self, event: CallbackEvent, request_id: str | None = None) -> bool:
@@ -176,28 +97,11 @@ class Ingest:
 
     def enqueue_many(self, items: list[tuple[CallbackEvent, str | None]]) -> list[bool]:
         """One round trip for the whole batch of (event, request id); a duplicate (even within
-        it) is never queued twice."""
-        if not items:
-            return []
-        template = self._job()
-        keys = [Queue.redis_queues_keys, template.key, self.queue.key]
-        args = [self.dedupe_ttl, self.queue.key, utcformat(utcnow())]
-        for event, request_id in items:
-            job_id = job_id_for(event)
-            keys += [f"dedupe:{event.dedupe_key}", self.queue.job_class.key_for(job_id)]
-            args += [job_id, *template.args(event, request_id)]
-        created = self._script(keys=keys, args=args)
-        if created == -1:  # a new or flushed Redis: write the template, then enqueue
-            template.store(self.queue.connection)
-            created = self._script(keys=keys, args=args)
-        return [c == 1 for c in created]
-
-    def _job(self) -> _JobTemplate:
-        # Made on first use: RQ asks the Redis server for its version, and the web process
-        # must start (and keep callbacks in the inbox) while Redis is down.
-        if self._template is None:
-            self._template = _JobTemplate(self.queue)
-        return self._template
+        it) is never queued twice. The request id goes into the job's meta, for the worker's lines."""
+        jobs = [OnceJob(job_id_for(event), f"dedupe:{event.dedupe_key}", [event.to_payload()],
+                        f"recording {event.recording_sid} {event.status}",
+                        {"request_id": request_id} if request_id else None) for event, request_id in items]
+        return self._enqueue_once(jobs, self.dedupe_ttl)
 
     def submit(self, event: CallbackEvent, request_id: str | None = None) -> Outcome:
         """Queue one callback from a web request; concurrent requests share a round trip.

@@ -460,9 +460,12 @@ class Store:
                 sa.update(R).where(R.c.sid == sid, R.c.media_status.is_distinct_from("archived")).values(
                     media_status="archived", media_key=key, media_bytes=size, media_sha256=sha256,
                     media_content_type=content_type, media_archived_at=_now(), media_error=None, updated_at=_now()))
-            if changed.rowcount:
+            archived = bool(changed.rowcount)
+            if archived:
                 notifications.enqueue_event(conn, ARCHIVED, sid,
                                             media={"sha256": sha256, "bytes": size, "content_type": content_type})
+        if archived:
+            notifications.wake_sender.set()  # after the commit: the sender would not see it before
 
     def media_source_deleted(self, sid: str) -> None:
         self._media_update(sid, R.c.media_status == "archived", media_source_deleted_at=_now())
