@@ -3,11 +3,11 @@
 Every record goes through one handler and formatter on the root logger, whoever logs it: our
 modules, gunicorn, RQ, Alembic, and structlog's own loggers (which hand their events to the
 standard library's). So every line carries `time` (ISO 8601, UTC), `level`, `logger`, `pid`
-and `event` (the message), and whatever context is known: fields bound with
-structlog.contextvars (a request's `request_id`, a job's `job_id`) and fields passed as
-`extra=`. `LOG_FORMAT=console` renders the same events for a person at a
-terminal. Every line stays under Heroku's 10,000-byte limit, and every configured secret is
-redacted from it, exception text included.
+and `event` (the message), and whatever context is known: the request's `request_id`,
+fields bound with structlog.contextvars (a job's `job_id`) and fields passed as `extra=`.
+`LOG_FORMAT=console` renders the same events for a person at a terminal. Every line stays
+under Heroku's 10,000-byte limit, and every configured secret is redacted from it, exception
+text included.
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def _iso(created: float) -> str:
 
 class LineFormatter(logging.Formatter):
     """Turns a standard-library record into the event of one line: the fixed fields, the
-    context bound with structlog.contextvars, the record's `extra=` fields and its exception.
+    request's id (request_id.current), the context bound with structlog.contextvars, the
+    record's `extra=` fields and its exception.
 
     structlog's ProcessorFormatter does the same through a chain of processors; this does it in
     one step (it copies no record and runs no chain), for half the CPU per line.
@@ -243,9 +244,6 @@ def formatter(fmt: str = "json") -> logging.Formatter:
 class _Stdout(logging.StreamHandler):
     """Writes to whatever sys.stdout is at the time (as logging's last-resort handler does with
     stderr), so a replaced stdout (a test's capture) never leaves it writing to a closed one."""
-
-    def __init__(self) -> None:
-        super().__init__()
 
     @property
     def stream(self):  # type: ignore[override]
