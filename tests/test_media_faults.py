@@ -117,7 +117,7 @@ def check_every_copy(f, sids: list[str], duration: int) -> dict:
 
 
 def test_storage_unreachable_for_20_seconds(tmp_path, postgres_server, s3_server):
-    n, outage, duration = scaled(200, 20), 20, 60
+    n, outage, duration = scaled(200, 20), scaled(20, 10), 60
     with media_stack(tmp_path, postgres_server, s3_server, duration=duration) as f:
         f.storage_proxy.down()
         down_at = time.monotonic()
@@ -128,7 +128,7 @@ def test_storage_unreachable_for_20_seconds(tmp_path, postgres_server, s3_server
         f.storage_proxy.up()
         seconds = wait_archived(f, n, scaled(600, 300))
         figures = check_every_copy(f, sids, duration)
-        report("media: storage unreachable 20 s", recordings=n, outage_seconds=outage,
+        report(f"media: storage unreachable {outage} s", recordings=n, outage_seconds=outage,
                archived_during_outage=during.get("archived", 0), **figures,
                archived_seconds_after_restore=seconds)
         assert during.get("archived", 0) == 0 and figures["failed_attempts"] > 0
