@@ -317,6 +317,12 @@ def test_detail_shows_the_timeline_and_escapes_what_callbacks_carry(client, app)
     assert "<script" not in page.text and "onerror=\"window" not in page.text
     # SignalWire's URLs grant access by themselves: never shown.
     assert "space.example" not in page.text and "/Recordings/" not in page.text
+    # A sid that could never come through the webhook, were it stored some other way, is text on the list too.
+    store.record_event(CallbackEvent(recording_sid="<script>x()</script>", account_sid="AC1", status="completed",
+                                     call_sid="<b>CA</b>", received_at=received))
+    listing = client.get("/dashboard/recordings")
+    assert "&lt;script&gt;x()&lt;/script&gt;" in listing.text and "&lt;b&gt;CA&lt;/b&gt;" in listing.text
+    assert "<script" not in listing.text and "<b>CA" not in listing.text
     assert client.get("/dashboard/recordings/RE-none").status_code == 404
     assert client.get("/dashboard/recordings/bad%20sid").status_code == 404
 
