@@ -56,6 +56,8 @@ def service_checks(settings: Settings, services, signalwire: bool = True) -> Ite
     yield Line("callback", None, f"RecordingStatusCallback={settings.callback_url}")
     yield Line("metrics", None, "GET /metrics answers with METRICS_TOKEN" if settings.metrics_token
                else "GET /metrics is off (METRICS_TOKEN is not set)")
+    yield Line("dashboard", None, "/dashboard/ is on (sign in with an API token)" if settings.secret_key
+               else "/dashboard/ is off (SECRET_KEY is not set)")
 
 
 class _Failed(Exception):

@@ -84,7 +84,7 @@ def csrf_valid() -> bool:
     return True
 
 
-def _safe_next(target: str | None) -> str:
+def safe_next(target: str | None) -> str:
     """Only a path of this dashboard: never another host (an open redirect)."""
     if target:
         parts = urlsplit(target)
@@ -135,7 +135,7 @@ def login():
             session.permanent = True
             session["fp"] = fingerprint(token)
             session["since"] = int(time.time())
-            return redirect(_safe_next(request.args.get("next")))
+            return redirect(safe_next(request.args.get("next")))
         error = "That token is not one of this service's API tokens."
     status = 401 if error else 200
     return render_template("dashboard/login.html", error=error, next=request.args.get("next", "")), status

@@ -21,7 +21,7 @@ from service.observability import doctor, scrape
 from service.pipelines import failed as failed_work
 from service.pipelines.sweep import REPORT_KEY
 from service.web.dashboard import bp
-from service.web.dashboard.session import _safe_next
+from service.web.dashboard.session import safe_next
 from service.web.schemas import SID, ListRecordingsSchema
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def failed():
 
 
 def _back():
-    return redirect(_safe_next(request.form.get("back")) if request.form.get("back") else url_for("dashboard.failed"))
+    return redirect(safe_next(request.form.get("back")) if request.form.get("back") else url_for("dashboard.failed"))
 
 
 @bp.route("/failed/jobs/<job_id>/replay", methods=["POST"])
