@@ -90,6 +90,8 @@ def test_every_page_redirects_to_sign_in_without_a_session(client):
         assert response.headers["Location"].startswith("/dashboard/login?next=")
     sign_in(client)
     assert client.get("/dashboard/").status_code == 200
+    # Signed in already: the sign-in page sends on.
+    assert client.get("/dashboard/login?next=/dashboard/failed").headers["Location"] == "/dashboard/failed"
 
 
 def test_sign_in_goes_back_where_it_was_asked_and_nowhere_else(client):
@@ -345,10 +347,12 @@ def test_system_page_shows_the_figures_and_the_callback_url(client, app):
 
 def test_no_page_holds_a_secret(client, app, sandbox, sw_client, sandbox_credentials, env):
     sid, _ = archived_recording(app, sandbox, sw_client)
-    sign_in(client)
     secrets = (API_TOKEN, OTHER_TOKEN, SECRET_KEY, sandbox_credentials.api_token, sandbox_credentials.signing_key)
-    for path in (*PAGES, f"/dashboard/recordings/{sid}", "/dashboard/system?check=signalwire", "/dashboard/login"):
-        page = client.get(path)
+    pages = [client.get("/dashboard/login")]
+    sign_in(client)
+    pages += [client.get(path) for path in (*PAGES, f"/dashboard/recordings/{sid}", "/dashboard/system?check=signalwire")]
+    for page in pages:
+        path = page.request.path
         assert page.status_code == 200, path
         for secret in secrets:
             assert secret not in page.text, (path, secret[:4])

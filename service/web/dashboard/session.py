@@ -128,6 +128,8 @@ def _headers(response):
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     error = None
+    if request.method == "GET" and signed_in():
+        return redirect(safe_next(request.args.get("next")))
     if request.method == "POST":
         token = (request.form.get("token") or "").strip()
         if token and _matching_token(token):
