@@ -310,7 +310,8 @@ def test_detail_shows_the_timeline_and_escapes_what_callbacks_carry(client, app)
     store.record_event(CallbackEvent(recording_sid=sid, account_sid="AC1", status="in-progress", call_sid="CA1",
                                      received_at=received, params={"RecordingSource": HOSTILE,
                                                                    "RecordingUrl": "https://space.example/secret.wav"}))
-    store.save_metadata(full_recording(sid, extra={"note": HOSTILE, "media_url": "https://space.example/x.wav"}))
+    store.save_metadata(full_recording(sid, extra={"note": HOSTILE, "media_url": "https://space.example/x.wav",
+                                                   "MediaUrl0": "https://space.example/y.wav", "security": "shown"}))
     sign_in(client)
     page = client.get(f"/dashboard/recordings/{sid}")
     assert page.status_code == 200
@@ -319,6 +320,7 @@ def test_detail_shows_the_timeline_and_escapes_what_callbacks_carry(client, app)
     assert "<script" not in page.text and "onerror=\"window" not in page.text
     # SignalWire's URLs grant access by themselves: never shown.
     assert "space.example" not in page.text and "/Recordings/" not in page.text
+    assert "<dt>security</dt><dd>shown</dd>" in page.text  # only URL and URI fields are left out
     # A sid that could never come through the webhook, were it stored some other way, is text on the list too.
     store.record_event(CallbackEvent(recording_sid="<script>x()</script>", account_sid="AC1", status="completed",
                                      call_sid="<b>CA</b>", received_at=received))

@@ -8,6 +8,7 @@ Everything is read through the store, RQ and the same functions the CLI, /metric
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
 
@@ -34,10 +35,13 @@ def _services():
     return current_app.extensions["services"]
 
 
+# RecordingUrl, uri, subresource_uris, media_url, ... (not "security").
+_URL_KEY = re.compile(r"ur[il]s?\d*($|_)", re.IGNORECASE)
+
+
 def hidden(key: str) -> bool:
     """A field never shown: SignalWire's media URLs and resource URIs grant access by themselves."""
-    key = key.lower()
-    return "url" in key or "uri" in key
+    return _URL_KEY.search(key) is not None
 
 
 def _visible(value):
