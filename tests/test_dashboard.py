@@ -211,6 +211,10 @@ def test_failed_work_lists_jobs_and_deliveries_and_replays_them(client, app, san
     assert job_id in page.text and sid in page.text and "SignalWireError" in page.text and "404" in page.text
     assert "RE-delivered-badly" in page.text and "answered 500" in page.text and "93.184.216.34" in page.text
     assert "hidden-query" not in page.text
+    # The recording's own page lists the notification and its attempt.
+    notified = client.get("/dashboard/recordings/RE-delivered-badly").text.split("<h2>Notifications</h2>")[1]
+    assert re.search(r"<td>recording.completed</td><td>ep_\w+ \(93.184.216.34\)</td><td>failed</td><td>1</td>", notified)
+    assert "answered 500" in notified and "hidden-query" not in notified
 
     # The recording's own page offers its failed job.
     detail = client.get(f"/dashboard/recordings/{sid}")
@@ -368,3 +372,25 @@ def test_the_dashboard_is_not_in_the_api_document(client):
     assert "/api/recordings" in served and not [path for path in served if path.startswith("/dashboard")]
     sign_in(client)
     assert client.get("/dashboard/").status_code == 200  # while the dashboard is on in this very app
+
+
+def test_a_failed_archive_job_shows_on_its_recording_and_replays_with_its_kind(client, app):
+    services = app.extensions["services"]
+    queue, store = services.queue, services.store
+    store.save_metadata(full_recording("RE-archive"))
+    # Stands in for an archive job that ran out of retries: its id and description are an archive job's.
+    queue.enqueue("tests.jobs_for_tests.always_fails", "storage refused the upload", job_id="media_RE-archive",
+                  description="recording RE-archive media", failure_ttl=FAILURE_TTL)
+    SimpleWorker([queue], connection=services.redis, serializer=queue.serializer).work(burst=True)
+    assert queue.failed_job_registry.get_job_ids() == ["media_RE-archive"]
+    sign_in(client)
+    detail = client.get("/dashboard/recordings/RE-archive")
+    assert "media_RE-archive" in detail.text and "(archive, media)" in detail.text
+    assert "storage refused the upload" in detail.text
+    failed = client.get("/dashboard/failed")
+    assert re.search(r'id="failed-archive".*media_RE-archive', failed.text, re.S)
+    token = csrf_of(failed.text)
+    client.post("/dashboard/failed/jobs/replay", data={"csrf_token": token, "kind": "callback"})
+    assert queue.failed_job_registry.get_job_ids() == ["media_RE-archive"]  # not a callback job
+    client.post("/dashboard/failed/jobs/replay", data={"csrf_token": token, "kind": "archive"})
+    assert queue.failed_job_registry.get_job_ids() == [] and "media_RE-archive" in queue.job_ids
