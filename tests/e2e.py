@@ -118,3 +118,17 @@ def assert_matches_signalwire(stored: dict, served: dict) -> None:
     expected = Recording.from_api(served).to_dict()
     for name in METADATA_FIELDS:
         assert stored[name] == expected[name], (name, stored[name], expected[name])
+
+
+def scrape(base_url: str) -> dict[tuple, float]:
+    """GET /metrics, as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = requests.get(base_url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def metric(samples: dict, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -33,9 +33,11 @@ def cli_env(env, store, monkeypatch):
 
 
 def run(*args, expect: int = 0) -> str:
+    """What the command printed, without the log lines that other threads of this process (the
+    sandbox retrying its callbacks) write to the same stdout while it runs."""
     result = CliRunner().invoke(main, list(args), catch_exceptions=False)
     assert result.exit_code == expect, result.output
-    return result.output
+    return "".join(line for line in result.output.splitlines(keepends=True) if not line.startswith('{"time":'))
 
 
 def completed_recording(sandbox, sw_client):

@@ -30,7 +30,7 @@ def lines(capsys):
 
     def read() -> list[dict]:
         out = capsys.readouterr().out
-        assert all(len(line) <= MAX_LINE for line in out.splitlines())
+        assert all(len(line.encode()) <= MAX_LINE for line in out.splitlines())  # bytes, as Heroku counts
         return [json.loads(line) for line in out.splitlines()]
 
     yield read
@@ -78,7 +78,9 @@ def test_a_long_line_is_cut_below_the_limit_keeping_the_traceback_ends_and_no_ha
     except ValueError:
         log.exception("failed", extra={"body": "é" * 20_000, "many": {str(i): "v" * 50 for i in range(500)}})
     log.info("wide", extra={f"field{i}": "y" * 1_400 for i in range(20)})
-    failed, wide = lines()
+    log.info("euros", extra={"body": "€" * 5_000})  # 5,000 characters, 15,000 bytes
+    failed, wide, euros = lines()
+    assert euros["event"] == "euros" and "characters cut" in euros["body"] and euros["body"].startswith("€" * 100)
     assert failed["event"] == "failed"
     assert failed["exception"].startswith("Traceback") and "characters cut" in failed["exception"]
     assert failed["exception"].rstrip().endswith("[REDACTED]")  # the exception's own line survives

@@ -27,7 +27,7 @@ from devstack.sandbox import Sandbox
 from devstack.sandbox.media import media as sandbox_media
 from service.media.storage.s3 import S3Storage
 from service.store.sql import Store
-from tests.e2e import AUTH, database, stack_env, start_stack, wait_for
+from tests.e2e import AUTH, database, metric, scrape, stack_env, start_stack, wait_for
 from tests.faults import TcpProxy, report, scaled
 from tests.fixtures.sandbox import SandboxCredentials
 
@@ -201,3 +201,6 @@ def test_end_to_end_the_audio_from_the_api(tmp_path, postgres_server, s3_server)
         whole = requests.get(url + "/media", headers=AUTH, timeout=10)
         assert hashlib.sha256(whole.content).hexdigest() == media["sha256"]
         check_every_copy(f, [sid], 7)
+        archived = "recording_keeper_media_jobs_total"  # counted by the worker, relayed through Redis
+        wait_for(lambda: metric(scrape(f.stack.base_url), archived, result="archived") == 1, 30, interval=0.5,
+                 what="the archive job counted in /metrics")

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from devstack.redis_server import EmbeddedRedis, free_port
 from devstack.sandbox import Sandbox
 from service.store.sql import Store
-from tests.e2e import AUTH, database, stack_env, start_stack, wait_for
+from tests.e2e import AUTH, database, metric, scrape, stack_env, start_stack, wait_for
 from tests.faults import callback_forms, report, scaled, send_callbacks
 from tests.fixtures.sandbox import SandboxCredentials
 from devstack.webhook_receiver import WebhookReceiver
@@ -103,6 +103,10 @@ def completed_callbacks(f, n: int) -> list[dict]:
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_recordings_started_through_the_api_tell_the_receiver(tmp_path, postgres_server, db):
     with notify_stack(tmp_path, postgres_server, db=db) as f:
+        # Long enough for the API to have stored its start before the completed callback's job
+        # reads the row (a recording that ends within the start request's own round trip is
+        # reported with started_by_us false).
+        f.sandbox.recording_seconds = 1.0
         sids = []
         for _ in range(3):
             response = requests.post(f"{f.stack.base_url}/api/calls/{uuid.uuid4()}/recordings", headers=AUTH,
@@ -121,6 +125,11 @@ def test_recordings_started_through_the_api_tell_the_receiver(tmp_path, postgres
                                   timeout=10).json()["deliveries"]
         assert wait_for(lambda: outbox(f.store)["delivered"] == 6, 10)
         assert {d["id"] for d in deliveries} == {d.webhook_id for d in got}
+        # The worker's counts reach the web's /metrics (relayed through Redis).
+        delivered = "recording_keeper_notification_deliveries_total"
+        wait_for(lambda: metric(scrape(f.stack.base_url), delivered, result="delivered") == 6, 30, interval=0.5,
+                 what="the deliveries counted in /metrics")
+        assert metric(scrape(f.stack.base_url), delivered, result="failed") == 0
 
 
 # --- faults ------------------------------------------------------------------------------------

@@ -11,12 +11,11 @@ from types import SimpleNamespace
 import pytest
 import redis
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from devstack.redis_server import free_port
 from devstack.sandbox import Sandbox
 from service.signalwire.signatures import compute_signature
-from tests.e2e import METRICS_TOKEN, database, log_lines, start_stack, stack_env, wait_for
+from tests.e2e import database, log_lines, metric as value, scrape as scrape_metrics, start_stack, stack_env, wait_for
 from tests.fixtures.sandbox import SandboxCredentials
 
 pytestmark = pytest.mark.e2e
@@ -43,15 +42,7 @@ def running(tmp_path_factory, redis_server_url, postgres_server):
 
 
 def scrape(running) -> dict[tuple, float]:
-    response = requests.get(running.base + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
-                            timeout=10)
-    assert response.status_code == 200, response.text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text) for s in family.samples}
-
-
-def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    return scrape_metrics(running.base)
 
 
 def completed_recording(running) -> dict[str, str]:

@@ -44,11 +44,12 @@ def runs(connection, job_id) -> int:
 
 
 @pytest.mark.parametrize("request_id", ["4bd3c0a6-9a4e-4c8e-8d54-0d3c5a9e8f11", None])
-def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id):
+@pytest.mark.parametrize("value", ["1", "é \u2028 \ud800"])  # non-ASCII; a lone surrogate, which orjson refuses
+def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id, value):
     """Guards the per-process template against RQ upgrades: same fields, same static values,
-    and the request id in the job's meta as RQ would store it."""
+    and the request id in the job's meta as RQ would read it."""
     queue = queue_for(SETTINGS, redis_conn)
-    event = CallbackEvent(recording_sid="5d2b-rec", account_sid="acct", status="completed", params={"A": "1"})
+    event = CallbackEvent(recording_sid="5d2b-rec", account_sid="acct", status="completed", params={"A": value})
     ingest = Ingest(queue, store=None, dedupe_ttl=60)
     assert ingest.enqueue(event, request_id)
     ours = {k.decode(): v for k, v in redis_conn.hgetall(Job.key_for(job_id_for(event))).items()}
@@ -61,9 +62,11 @@ def test_job_hash_matches_what_rq_itself_would_write(redis_conn, request_id):
     theirs = {k.decode(): v for k, v in redis_conn.hgetall(reference.key).items()}
 
     assert set(ours) == set(theirs)
-    varying = {"created_at", "enqueued_at", "retry_intervals", "data"}
+    varying = {"created_at", "enqueued_at", "retry_intervals", "data", "meta"}
     assert {k: v for k, v in ours.items() if k not in varying} == {k: v for k, v in theirs.items() if k not in varying}
     assert json.loads(ours["data"]) == json.loads(zlib.decompress(theirs["data"]))  # RQ reads both
+    assert [json.loads(h["meta"]) for h in (ours, theirs) if h.get("meta")] == ([{"request_id": request_id}] * 2
+                                                                                if request_id else [])
     intervals = json.loads(ours["retry_intervals"])
     assert len(intervals) == len(RETRY_INTERVALS)
     assert all(base <= got <= base * 1.5 for base, got in zip(RETRY_INTERVALS, intervals))

@@ -29,6 +29,7 @@ import structlog
 from service.config import ConfigError, load_settings
 from service.observability import metrics
 from service.observability.logs import configure_logging
+from service.media.pipeline import JOB_FUNC as MEDIA_JOB_FUNC
 from service.pipelines.ingest import JOB_FUNC
 from service.pipelines.rq_adapter import KeeperWorker, StartupStop, work_loop_socket_timeout
 from service.services import queue_for, redis_connection
@@ -80,7 +81,7 @@ class ObservedWorker(KeeperWorker):
     Each job's log lines carry its `job_id`, the `request_id` of the callback that queued it
     (from the job's meta), and the `recording_sid` (and `status`) it is about; its last line
     says how it ended and how long it took. Callback jobs are counted in metrics.JOBS
-    (`stored`, `retried`, `failed`) and metrics.JOB_DURATION.
+    (`stored`, `retried`, `failed`) and metrics.JOB_DURATION, archive jobs in metrics.MEDIA_JOBS.
     """
 
     def job_started(self, job) -> None:
@@ -99,6 +100,9 @@ class ObservedWorker(KeeperWorker):
         if callback:
             metrics.JOBS.labels(result).inc()
             metrics.JOB_DURATION.observe(seconds)
+        elif job.func_name == MEDIA_JOB_FUNC:
+            result = "archived" if outcome == "succeeded" else outcome
+            metrics.MEDIA_JOBS.labels(result).inc()
         log.info("job %s %s", job.id, result, extra={"result": result, "duration_ms": round(seconds * 1000, 1)})
         structlog.contextvars.clear_contextvars()
 

@@ -28,10 +28,12 @@ from datetime import datetime, timezone
 from service.notify.deliver import Answer, HttpDeliverer
 from service.notify.events import DATA_FIELDS, RETRY_SCHEDULE, next_attempt
 from service.notify.signing import signature_headers
+from service.observability import metrics
 from service.store import notifications
 from service.store.notifications import DELIVERED, FAILED, PENDING, Claim, Result
 
 log = logging.getLogger(__name__)
+_RESULTS = {DELIVERED: "delivered", PENDING: "retried", FAILED: "failed"}
 
 # After a claim, the least wait before the next: writes arriving together leave together,
 # and a busy worker does not claim once per write.
@@ -168,7 +170,9 @@ class Sender:
 
     @staticmethod
     def _log(results: list[Result]) -> None:
+        """Each written outcome: counted, and logged unless delivered."""
         for r in results:
+            metrics.DELIVERIES.labels(_RESULTS[r.status]).inc()
             if r.status == PENDING:
                 log.info("notifications: delivery %s to %s, attempt %d: %s; next at %s", r.claim.id,
                          r.claim.endpoint_id, r.claim.attempts, r.last_error, r.next_attempt_at.isoformat())

@@ -20,11 +20,12 @@ import threading
 import time
 from typing import Any, Iterable
 
+import orjson
 import structlog
 
 from service.observability.request_id import current as current_request_id
 
-# Heroku splits a line over 10,000 bytes; the JSON is ASCII (escaped), so characters are bytes.
+# Heroku splits a line over 10,000 bytes (UTF-8: a line's size is counted in bytes, _size).
 MAX_LINE = 9_000
 REDACTED = "[REDACTED]"
 # What a long field keeps of itself when a line is too long (characters), before any further cut.
@@ -48,7 +49,7 @@ class RedactSecrets:
     def update(self, secrets: Iterable[str]) -> None:
         # Short values would garble every line, and are no secret anyway.
         self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
-        forms = {form for s in self.secrets for form in (s, json.dumps(s)[1:-1])}
+        forms = {form for s in self.secrets for form in (s, json.dumps(s)[1:-1], _json(s)[1:-1])}
         self._forms = sorted(forms, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
@@ -79,8 +80,21 @@ class RedactSecrets:
 _redactor = RedactSecrets()
 
 
-def _json(value: dict) -> str:
-    return json.dumps(value, default=str, separators=(",", ":"))
+# orjson renders a line in a fifth of the standard library's time (the access lines are most of
+# them). What it does not know, it renders as str(value), as json.dumps(default=str) did, dates too.
+_ORJSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value, default=str, option=_ORJSON).decode()
+    except (orjson.JSONEncodeError, TypeError):  # an int over 64 bits, a recursive structure
+        return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _size(line: str) -> int:
+    """The line's size in bytes, as Heroku counts it."""
+    return len(line) if line.isascii() else len(line.encode())
 
 
 class JSONLines:
@@ -99,7 +113,7 @@ class JSONLines:
     def __call__(self, logger: Any, method: str, event_dict: dict) -> str:
         # (The fixed fields come first: every event is built starting with them.)
         line = self.redactor.redact(_json(event_dict))
-        return line if len(line) <= self.limit else self.shorten(event_dict)
+        return line if _size(line) <= self.limit else self.shorten(event_dict)
 
     def shorten(self, event: dict) -> str:
         event = {key: self.redactor.clean(value) for key, value in event.items()}
@@ -110,11 +124,11 @@ class JSONLines:
                 event[key] = _cut(value, FIELD_SHARE.get(key, 1_500), keep_end=key == "exception")
         for _ in range(len(event) + 2):
             line = self.redactor.redact(_json(event))
-            excess = len(line) - self.limit
+            excess = _size(line) - self.limit
             if excess <= 0:
                 return line
             # The longest as written: escapes make a field longer in the line than in the text.
-            written, longest = max((len(json.dumps(v)), k) for k, v in event.items() if isinstance(v, str))
+            written, longest = max((_size(_json(v)), k) for k, v in event.items() if isinstance(v, str))
             text = event[longest]
             if len(text) <= 200:
                 break

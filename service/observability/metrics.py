@@ -36,6 +36,8 @@ REFUSAL_REASONS = ("signature_missing", "signature_mismatch", "body_unsigned", "
                    "invalid_parameters", "body_too_large")
 CALLBACK_OUTCOMES = (*ACCEPTED_OUTCOMES, "unavailable", *REFUSAL_REASONS)
 JOB_RESULTS = ("stored", "retried", "failed")
+MEDIA_RESULTS = ("archived", "retried", "failed")
+DELIVERY_RESULTS = ("delivered", "retried", "failed")
 
 
 def counter(name: str, documentation: str, labelnames: Iterable[str] = (),
@@ -77,4 +79,16 @@ JOBS = counter(
 )
 JOB_DURATION = histogram(
     "recording_keeper_job_duration_seconds", "Time a worker took to run a callback job.", buckets=JOB_BUCKETS,
+)
+MEDIA_JOBS = counter(
+    "recording_keeper_media_jobs_total",
+    "Archive jobs (a recording's audio copied to the media storage) run by the workers, by result "
+    "(archived, retried, failed).",
+    ["result"], initial=[{"result": result} for result in MEDIA_RESULTS],
+)
+DELIVERIES = counter(
+    "recording_keeper_notification_deliveries_total",
+    "Attempts to deliver a notification to an endpoint, by result (delivered; retried: to be attempted again; "
+    "failed: no attempt left, or the endpoint disabled).",
+    ["result"], initial=[{"result": result} for result in DELIVERY_RESULTS],
 )

@@ -51,12 +51,14 @@ import threading
 import time
 from typing import Callable, Iterator, NamedTuple, Sequence
 
+import orjson
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.executions import Execution
 from rq.job import Job
 from rq.job_lifecycle import record_job_failure
 from rq.scripts import _build_hset_args  # RQ's own field list for a job hash
+from rq.serializers import JSONSerializer
 from rq.utils import now as utcnow, parse_composite_key, utcformat
 from rq.worker import BaseWorker
 
@@ -181,11 +183,21 @@ class _JobTemplate:
 
     def args(self, job: OnceJob) -> list:
         return [
-            self.serializer.dumps((self.func_name, None, job.args, {})),
+            self._dumps((self.func_name, None, job.args, {})),
             job.description,
             random.choice(self.schedules),
-            self.serializer.dumps(job.meta) if job.meta else "",
+            self._dumps(job.meta) if job.meta else "",
         ]
+
+    def _dumps(self, value) -> bytes:
+        # RQ's JSONSerializer reads what orjson writes, which takes a fifth of the time on the
+        # webhook's path; a value orjson refuses (a lone surrogate) goes the serializer's way.
+        if self.serializer is JSONSerializer:
+            try:
+                return orjson.dumps(value)
+            except TypeError:
+                pass
+        return self.serializer.dumps(value)
 
 
 # --- retries ---------------------------------------------------------------------------

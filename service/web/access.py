@@ -106,7 +106,7 @@ class AccessLog:
         self.notes.drain()
 
     def _account(self, notes: list[tuple]) -> None:
-        lines, refusals = [], []
+        lines, refusals, outcomes = [], [], {}
         for created, seconds, rid, method, route, path, status, outcome, refusal in notes:
             method = method if method in _METHODS else "other"
             key = (route, method, str(status))
@@ -117,10 +117,7 @@ class AccessLog:
             fields = {"request_id": rid, "method": method, "path": path, "status": status,
                       "duration_ms": round(seconds * 1000, 2)}
             if outcome is not None:
-                counter = self._callbacks.get(outcome)
-                if counter is None:
-                    counter = self._callbacks[outcome] = metrics.CALLBACKS.labels(outcome)
-                counter.inc()
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
                 fields["outcome"] = outcome
             if refusal is not None:
                 message, details = refusal
@@ -130,6 +127,11 @@ class AccessLog:
             else:
                 level = logging.ERROR if status >= 500 else logging.INFO
                 lines.append((level, event_of(log, level, f"{method} {path} {status}", created, fields)))
+        for outcome, count in outcomes.items():  # one write to the shared file per batch, not per note
+            counter = self._callbacks.get(outcome)
+            if counter is None:
+                counter = self._callbacks[outcome] = metrics.CALLBACKS.labels(outcome)
+            counter.inc(count)
         write_events(log, lines)
         write_events(refusal_log, refusals)
 
