@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import e2e, ingest, memory, notify, store_scale, worker
+from bench import dashboard, e2e, ingest, memory, notify, store_scale, worker
 from bench.common import log, postgres_available, save_json
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("--only", default="ingest,worker,e2e,store,memory",
-                   help="comma list of benchmarks to run (also: notify)")
+                   help="comma list of benchmarks to run (also: notify, dashboard)")
     p.add_argument("--quick", action="store_true", help="smaller everything (a smoke run, ~2 minutes)")
     p.add_argument("--rows", type=int, default=None, help="store benchmark rows (default 500,000 to stay within 10 minutes; --quick 50,000)")
     p.add_argument("--callbacks", type=int, default=None, help="memory benchmark callbacks (default 10,000 here)")
@@ -49,6 +49,11 @@ def main(argv=None) -> None:
         r = [store_scale.run(k, rows, 100 if quick else 200, 1 if quick else 3) for k in dbs]
         everything["store"] = r
         sections.append(store_scale.table(r))
+    if "dashboard" in only:
+        rows = a.rows or (50_000 if quick else 500_000)  # 1,000,000: python -m bench.dashboard
+        r = [dashboard.run(k, rows, 50 if quick else 200, 1 if quick else 3) for k in dbs]
+        everything["dashboard"] = r
+        sections.append(dashboard.table(r))
     if "memory" in only:
         r = memory.run(a.callbacks or (2_000 if quick else 8_000), "sqlite", 2, time_limit=240)
         everything["memory"] = r

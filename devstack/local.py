@@ -61,6 +61,8 @@ def embedded_env(resources: ExitStack, port: int) -> dict[str, str]:
     # For a person reading the log (production writes one JSON object per line).
     env.setdefault("LOG_FORMAT", "console")
     env.setdefault("SERVICE_API_TOKEN", secrets.token_urlsafe(24))
+    # So the local run shows the dashboard (signed in to with the API token printed below).
+    env.setdefault("SECRET_KEY", secrets.token_urlsafe(32))
     # Notification endpoints on this machine (http://127.0.0.1:...) are what a local run has.
     env.setdefault("NOTIFY_ALLOW_PRIVATE", "true")
     print(f"* Database: {env['DATABASE_URL'].split('@')[-1]}")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"* Web: {stack.base_url} (API reference: {stack.base_url}/api/docs)")
         # A local run's own token (or the one SERVICE_API_TOKEN chose): printing it is the point.
         print(f"* API token: {token}")
+        if env.get("SECRET_KEY"):
+            print(f"* Dashboard: {stack.base_url}/dashboard/ (sign in with the API token)")
         demo(stack.base_url, token)
         print(try_it(stack.base_url, token))
         if args.exit_after_demo:

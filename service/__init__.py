@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_access(app)
     register_blueprints(app)
     register_api(app)
+    register_dashboard(app)
     register_error_handlers(app)
     return app
 
@@ -76,6 +77,14 @@ def register_api(app: Flask):
     api.register_blueprint(endpoints.blp)
     api.register_blueprint(webhooks.bp)
     return api
+
+
+def register_dashboard(app: Flask) -> None:
+    """The operators' pages under /dashboard; not part of the API (nor of its document), and
+    off when SECRET_KEY is unset."""
+    from service.web.dashboard import register
+
+    register(app)
 
 
 def openapi_document() -> str:

@@ -159,54 +159,15 @@ def _relay_metrics(services) -> None:
         log.warning("could not relay this command's metrics (%s)", type(exc).__name__)
 
 
-def _failed_jobs(services):
-    from rq.job import Job
-
-    registry = services.queue.failed_job_registry
-    ids = registry.get_job_ids()
-    jobs = Job.fetch_many(ids, connection=services.redis, serializer=services.queue.serializer)
-    return [job for job in jobs if job is not None]
-
-
-def _describe(job) -> dict:
-    """What an operator needs about one dead letter."""
-    from service.domain.recordings import CallbackEvent
-    from service.pipelines import rq_adapter
-
-    sid = status = "?"
-    try:
-        payload = job.args[0]
-        if isinstance(payload, dict):
-            event = CallbackEvent.from_payload(payload)
-            sid, status = event.recording_sid, event.status
-    except Exception:
-        pass
-    if sid == "?":  # an archive job ("recording <sid> media"), or a payload this release cannot read
-        parts = (job.description or "").split()
-        if len(parts) >= 3 and parts[0] == "recording":
-            sid, status = parts[1], parts[2]
-    result = job.latest_result()
-    exc = (result.exc_string if result is not None else None) or ""
-    lines = [line.strip() for line in exc.strip().splitlines() if line.strip()]
-    failed_at = job.ended_at or (result.created_at if result is not None else None)
-    return {
-        "id": job.id,
-        "recording_sid": sid,
-        "status": status,
-        "attempts": rq_adapter.attempts(job),
-        "recoveries": int((job.meta or {}).get("recoveries", 0)),
-        "error": lines[-1] if lines else "",
-        "failed_at": failed_at.isoformat() if failed_at else "",
-    }
-
-
 @main.command()
 def failed() -> None:
     """List permanently failed jobs (the dead letters), then the inbox rows set aside."""
+    from service.pipelines.failed import failed_jobs
+
     settings = _settings()
     services = _services(settings)
     try:
-        rows = [_describe(job) for job in _failed_jobs(services)]
+        rows = [job.as_dict() for job in failed_jobs(services.queue)]
         set_aside = services.store.inbox_set_aside()
     finally:
         services.close()
@@ -237,10 +198,7 @@ def failed() -> None:
 def replay(job_ids: tuple[str, ...], replay_all: bool, inbox: bool) -> None:
     """Requeue failed jobs (RQ's requeue; the callback dedupe does not apply), with fresh retries;
     with --inbox, hand inbox rows set aside back to the drain."""
-    from rq.exceptions import InvalidJobOperation, NoSuchJobError
-    from rq.job import Job
-
-    from service.pipelines import rq_adapter
+    from service.pipelines.failed import replay_jobs
 
     if bool(job_ids) == replay_all:
         raise click.UsageError("give JOB_ID(s) or --all")
@@ -249,25 +207,16 @@ def replay(job_ids: tuple[str, ...], replay_all: bool, inbox: bool) -> None:
         return
     settings = _settings()
     services = _services(settings)
-    registry = services.queue.failed_job_registry
-    problems = 0
     try:
-        ids = registry.get_job_ids() if replay_all else list(job_ids)
-        for job_id in ids:
-            try:
-                job = Job.fetch(job_id, connection=services.redis, serializer=services.queue.serializer)
-                rq_adapter.restore_retries(job)  # a replay gets the full retry policy again
-                job.meta.pop("recoveries", None)
-                registry.requeue(job)
-            except (NoSuchJobError, InvalidJobOperation):
-                click.echo(f"{job_id}: not a failed job", err=True)
-                problems += 1
-                continue
-            click.echo(f"{job_id}: requeued")
+        requeued, missing = replay_jobs(services.queue, None if replay_all else list(job_ids))
     finally:
         services.close()
-    click.echo(f"replayed {len(ids) - problems} job(s)")
-    if problems:
+    for job_id in missing:
+        click.echo(f"{job_id}: not a failed job", err=True)
+    for job_id in requeued:
+        click.echo(f"{job_id}: requeued")
+    click.echo(f"replayed {len(requeued)} job(s)")
+    if missing:
         sys.exit(1)
 
 
@@ -309,11 +258,13 @@ def _database_store():
 @click.argument("delivery_ids", nargs=-1, required=True)
 def replay_deliveries(delivery_ids: tuple[str, ...]) -> None:
     """Send deliveries again (same webhook-id and body, the whole retry schedule)."""
+    from service.pipelines.failed import replay_delivery
+
     store = _database_store()
     missing = 0
     try:
         for delivery_id in delivery_ids:
-            if store.notifications.replay(delivery_id) is None:
+            if not replay_delivery(store, delivery_id):
                 click.echo(f"{delivery_id}: no such delivery", err=True)
                 missing += 1
             else:
@@ -334,14 +285,13 @@ def replay_failed_deliveries(endpoint_id: str, since) -> None:
     from datetime import timezone
 
     since = since if since.tzinfo else since.replace(tzinfo=timezone.utc)
+    from service.pipelines.failed import replay_failed_deliveries
+
     store = _database_store()
     try:
-        endpoint = store.notifications.get_endpoint(endpoint_id)
-        if endpoint is None:
-            raise click.ClickException(f"no endpoint {endpoint_id}")
-        if endpoint["disabled"]:
-            raise click.ClickException(f"endpoint {endpoint_id} is disabled; enable it first")
-        count = store.notifications.replay_failed(endpoint_id, since)
+        count = replay_failed_deliveries(store, endpoint_id, since)
+    except (LookupError, ValueError) as exc:
+        raise click.ClickException(str(exc.args[0]))
     finally:
         store.dispose()
     click.echo(f"replayed {count} failed deliveries of {endpoint_id}")

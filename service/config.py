@@ -79,6 +79,8 @@ class Settings:
     log_format: str = "json"
     # Bearer token for GET /metrics; unset, /metrics answers 404 (a Heroku app is public).
     metrics_token: str = dataclasses.field(default="", repr=False)
+    # Signs the dashboard's session cookie and CSRF tokens; unset, the dashboard is off (404).
+    secret_key: str = dataclasses.field(default="", repr=False)
     # Outbound notifications (service.notify): plain http and private addresses allowed (local
     # run and tests only, logged loudly); the retry delays after each failed attempt; one
     # attempt's timeout; deliveries in flight per worker; how often a worker looks for due ones.
@@ -107,7 +109,7 @@ class Settings:
         url_passwords = [form for name in PASSWORD_URLS for form in url_password_forms(getattr(self, name))]
         return tuple(
             s for s in (self.signalwire_api_token, *self.service_api_tokens, self.metrics_token,
-                        *self.signalwire_signing_keys, *url_passwords, *self.storage_secrets) if s
+                        self.secret_key, *self.signalwire_signing_keys, *url_passwords, *self.storage_secrets) if s
         )
 
     def __repr__(self) -> str:
@@ -330,6 +332,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if metrics_token and len(metrics_token) < 16:
         problems.append("METRICS_TOKEN must be at least 16 characters (or unset, which turns /metrics off)")
 
+    secret_key = (env.get("SECRET_KEY") or "").strip()
+    if secret_key and len(secret_key) < 32:
+        problems.append("SECRET_KEY must be at least 32 characters (or unset, which turns the dashboard off)")
+
     media = _media_settings(env, problems)
 
     if problems:
@@ -348,6 +354,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_log_level(env),
         log_format=_log_format(env),
         metrics_token=metrics_token,
+        secret_key=secret_key,
         **settings,
         **media,
     )

@@ -28,7 +28,7 @@ def doctor(env: dict) -> tuple[int, dict[str, str]]:
     report = {}
     for line in lines:
         mark, rest = line.split(maxsplit=1)
-        name = next(name for name in (*CHECKS, "callback", "metrics") if rest.startswith(name))
+        name = next(name for name in (*CHECKS, "callback", "metrics", "dashboard") if rest.startswith(name))
         report[name] = f"{mark} {rest[len(name):].strip()}"
     assert len(report) == len(lines)  # one line per check, nothing else on stdout
     return result.returncode, report
@@ -51,6 +51,9 @@ def test_doctor_passes_against_the_sandbox_and_prints_the_callback_url(deployed)
     assert all(report[name].startswith("ok ") for name in CHECKS), report
     assert report["callback"] == "info RecordingStatusCallback=https://recordings.example.com/webhooks/recording-status"
     assert "accepted our credentials" in report["signalwire"] and "migration head" in report["database"]
+    assert report["dashboard"] == "info /dashboard/ is off (SECRET_KEY is not set)"
+    _, report = doctor(dict(deployed, SECRET_KEY="k" * 32))
+    assert report["dashboard"] == "info /dashboard/ is on (sign in with an API token)"
 
 
 @sqlite_only

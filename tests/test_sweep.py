@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from datetime import datetime, timedelta, timezone
 
 from service.domain.recordings import CallbackEvent, Recording
-from service.pipelines.sweep import LOCK_KEY, sweep
+from service.pipelines.sweep import FINISHED_KEY, LOCK_KEY, REPORT_KEY, sweep
 from workers.housekeeping import SWEEP_SLOT_KEY, Housekeeping
 
 DEAD_CALLBACK = "http://127.0.0.1:9/x"
@@ -36,6 +36,7 @@ def test_sweep_fetches_and_stores_unfinished_recordings(store, sandbox, sw_clien
     recent = completed_recording(sandbox, sw_client)
     seen_in_progress(store, recent, when=datetime.now(timezone.utc))  # too new to sweep yet
 
+    started = time.time()
     report = sweep(store, sw_client, redis_conn, older_than_seconds=600, list_hours=0)
 
     assert (report.checked, report.stored, report.failed, report.listed) == (1, 1, 0, 0)
@@ -46,6 +47,9 @@ def test_sweep_fetches_and_stores_unfinished_recordings(store, sandbox, sw_clien
     assert store.get(recent.sid)["status"] == "in-progress"
     assert store.unfinished(older_than=datetime.now(timezone.utc) - timedelta(seconds=600)) == []
     assert not redis_conn.exists(LOCK_KEY)  # released
+    # What it found, for the dashboard, and when it finished, for /metrics too.
+    assert redis_conn.get(REPORT_KEY).decode() == report.summary() and "checked=1 stored=1" in report.summary()
+    assert started <= float(redis_conn.get(FINISHED_KEY)) <= time.time()
 
 
 def test_a_terminal_callback_whose_fetches_all_failed_is_fetched_by_the_sweep(store, sandbox, sw_client, redis_conn):

@@ -37,18 +37,27 @@ def checks(env: Mapping[str, str] | None = None) -> Iterator[Line]:
     from service.services import Services
 
     services = Services(settings)
-    redact = RedactSecrets(settings.secrets).redact
     try:
-        yield _probe("redis", redact, lambda: _redis(services))
-        yield _probe("database", redact, lambda: _database(services))
-        yield _probe("signalwire", redact, lambda: _signalwire(services))
+        yield from service_checks(settings, services)
     finally:
         services.close()
+
+
+def service_checks(settings: Settings, services, signalwire: bool = True) -> Iterator[Line]:
+    """Every check but the settings' own, on connections the caller owns (the dashboard's
+    system page passes the web process's; `signalwire=False` skips the one outbound request)."""
+    redact = RedactSecrets(settings.secrets).redact
+    yield _probe("redis", redact, lambda: _redis(services))
+    yield _probe("database", redact, lambda: _database(services))
+    if signalwire:
+        yield _probe("signalwire", redact, lambda: _signalwire(services))
     yield _signing_key(settings)
     yield _public_base_url(settings)
     yield Line("callback", None, f"RecordingStatusCallback={settings.callback_url}")
     yield Line("metrics", None, "GET /metrics answers with METRICS_TOKEN" if settings.metrics_token
                else "GET /metrics is off (METRICS_TOKEN is not set)")
+    yield Line("dashboard", None, "/dashboard/ is on (sign in with an API token)" if settings.secret_key
+               else "/dashboard/ is off (SECRET_KEY is not set)")
 
 
 class _Failed(Exception):

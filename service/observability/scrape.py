@@ -73,28 +73,39 @@ class ScrapeCollector:
                          unfinished)
 
     def _database(self) -> tuple[int, int] | None:
-        try:
-            return self.store.backlog()
-        except Exception as exc:  # any driver's error: the gauges are left out, the scrape goes on
-            log.warning("metrics: database unavailable (%s)", type(exc).__name__)
-            return None
+        return database_backlog(self.store)
 
     def _redis(self) -> dict | None:
-        queue = self.queue
-        try:
-            with queue.connection.pipeline(transaction=False) as pipe:
-                pipe.llen(queue.key)
-                pipe.zcard(queue.scheduled_job_registry.key)
-                pipe.zcount(queue.failed_job_registry.key, time.time(), "+inf")  # scored by expiry
-                liveness.count_alive(queue.connection, pipe)
-                pipe.get(FINISHED_KEY)
-                pipe.hgetall(RELAY_KEY)
-                depth, scheduled, failed, alive, last_sweep, relayed = pipe.execute()
-        except redis.RedisError as exc:
-            log.warning("metrics: redis unavailable (%s)", type(exc).__name__)
-            return None
-        return {"queue_depth": depth, "scheduled": scheduled, "failed": failed, "alive": alive,
-                "last_sweep": float(last_sweep) if last_sweep else None, "relayed": read_relayed(relayed)}
+        return redis_state(self.queue)
+
+
+def database_backlog(store) -> tuple[int, int] | None:
+    """(inbox rows, unfinished recordings), or None when the database did not answer."""
+    try:
+        return store.backlog()
+    except Exception as exc:  # any driver's error: the gauges are left out, the scrape goes on
+        log.warning("metrics: database unavailable (%s)", type(exc).__name__)
+        return None
+
+
+def redis_state(queue: Queue) -> dict | None:
+    """Queue depth, jobs waiting for a retry, failed jobs, live workers, when the last sweep
+    finished and the workers' relayed counts, in one round trip; None when Redis did not answer.
+    (The dashboard's system page shows the same figures.)"""
+    try:
+        with queue.connection.pipeline(transaction=False) as pipe:
+            pipe.llen(queue.key)
+            pipe.zcard(queue.scheduled_job_registry.key)
+            pipe.zcount(queue.failed_job_registry.key, time.time(), "+inf")  # scored by expiry
+            liveness.count_alive(queue.connection, pipe)
+            pipe.get(FINISHED_KEY)
+            pipe.hgetall(RELAY_KEY)
+            depth, scheduled, failed, alive, last_sweep, relayed = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("metrics: redis unavailable (%s)", type(exc).__name__)
+        return None
+    return {"queue_depth": depth, "scheduled": scheduled, "failed": failed, "alive": alive,
+            "last_sweep": float(last_sweep) if last_sweep else None, "relayed": read_relayed(relayed)}
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -69,9 +69,14 @@ def job_id_for(event: CallbackEvent) -> str:
     (readable `cb_<sid>_<status>`, one '_' apart); anything else is hashed, under a prefix
     (`cb__`) the readable form cannot start with, as the sid is never empty.
     """
-    if _PLAIN.fullmatch(event.recording_sid) and _PLAIN.fullmatch(event.status):
-        return f"cb_{event.recording_sid}_{event.status}"
-    return "cb__" + hashlib.sha256(event.dedupe_key.encode()).hexdigest()
+    return callback_job_id(event.recording_sid, event.status)
+
+
+def callback_job_id(recording_sid: str, status: str) -> str:
+    """job_id_for, from the recording's sid and the callback's status alone."""
+    if _PLAIN.fullmatch(recording_sid) and _PLAIN.fullmatch(status):
+        return f"cb_{recording_sid}_{status}"
+    return "cb__" + hashlib.sha256(f"{recording_sid}:{status}".encode()).hexdigest()
 
 
 def jittered_intervals() -> list[int]:

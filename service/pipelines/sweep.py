@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY = "recording-keeper:sweep:lock"
 # When the last sweep finished (Unix time), for /metrics.
 FINISHED_KEY = "recording-keeper:sweep:finished-at"
+# What the last sweep found (its summary line), for the dashboard.
+REPORT_KEY = "recording-keeper:sweep:last-report"
 DEFAULT_LOCK_TTL = 600
 DEFAULT_LIMIT = 500
 DEFAULT_ARCHIVE_LIMIT = 200
@@ -132,9 +134,9 @@ def sweep(
         except redis.RedisError as exc:
             log.warning("could not release the sweep lock (%s); it expires in %ss", type(exc).__name__, lock_ttl)
         try:
-            redis_client.set(FINISHED_KEY, f"{time.time():.3f}")
+            redis_client.mset({FINISHED_KEY: f"{time.time():.3f}", REPORT_KEY: report.summary()})
         except redis.RedisError:
-            pass  # only /metrics reads it
+            pass  # only /metrics and the dashboard read them
     log.info("%s", report.summary(), extra={"checked": report.checked, "stored": report.stored,
                                             "failed": report.failed, "listed": report.listed})
     return report

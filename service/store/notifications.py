@@ -246,6 +246,16 @@ class Notifications:
         page, next_cursor = keyset_page(self.engine, query, D.c.created_at, D.c.id, cursor, limit)
         return [_delivery(row) for row in page], next_cursor
 
+    def deliveries_for_recording(self, recording_sid: str) -> list[dict]:
+        """Every delivery about one recording, oldest first, with its endpoint's URL. Read through
+        the unique index (endpoint_id, recording_sid, event_type): one probe per endpoint."""
+        query = (sa.select(*DELIVERY_COLUMNS, EP.c.url.label("endpoint_url"))
+                 .join(EP, EP.c.id == D.c.endpoint_id)
+                 .where(D.c.endpoint_id.in_(sa.select(EP.c.id).scalar_subquery()), D.c.recording_sid == recording_sid)
+                 .order_by(D.c.created_at, D.c.id))
+        with self.engine.connect() as conn:
+            return [_delivery(row) for row in conn.execute(query).mappings()]
+
     def get_delivery(self, delivery_id: str) -> dict | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(*DELIVERY_COLUMNS).where(D.c.id == delivery_id)).mappings().first()

@@ -29,3 +29,14 @@ def require_api_token() -> None:
     if scheme.lower() != "bearer" or not any(matches):
         raise ApiError(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="api"'})
     g.api_token_scope = token_scope(given.strip())
+
+
+def require_api_token_or_dashboard_session() -> None:
+    """For what the dashboard's pages load themselves (the audio player's source): a GET (or
+    HEAD) with a signed-in dashboard session is let through; anything else needs the token."""
+    if request.method in ("GET", "HEAD"):
+        from service.web.dashboard.session import signed_in
+
+        if signed_in():
+            return
+    require_api_token()

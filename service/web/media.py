@@ -12,12 +12,15 @@ from werkzeug.wrappers import Response
 from werkzeug.wsgi import FileWrapper
 
 from service.media.storage import StorageError
+from service.web.auth import require_api_token_or_dashboard_session
 from service.web.errors import ApiError, ErrorSchema
 from service.web.openapi import ApiBlueprint
 from service.web.schemas import SID, SID_PARAM
 
 log = logging.getLogger(__name__)
-blp = ApiBlueprint("media", __name__, url_prefix="/api", description="The recordings' archived audio.")
+# The dashboard's audio player loads this with the operator's session cookie (GET only).
+blp = ApiBlueprint("media", __name__, url_prefix="/api", description="The recordings' archived audio.",
+                   guard=require_api_token_or_dashboard_session)
 
 # werkzeug's own FileWrapper, not the server's: it passes seek() through, so a range starting
 # deep into the file is read from there (gunicorn's wrapper would read and discard up to it).

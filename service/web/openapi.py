@@ -70,15 +70,16 @@ class ApiParser(FlaskParser):
 class ApiBlueprint(Blueprint):
     """A flask-smorest Blueprint for the service's API (see the module docstring).
 
-    `authenticated=False` (the webhook, which SignalWire signs instead) skips the token."""
+    `authenticated=False` (the webhook, which SignalWire signs instead) skips the token;
+    `guard` replaces the token check (it must still demand the token where it lets nothing else in)."""
 
     ARGUMENTS_PARSER = ApiParser()
 
-    def __init__(self, *args, authenticated: bool = True, **kwargs):
+    def __init__(self, *args, authenticated: bool = True, guard=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.authenticated = authenticated
         if authenticated:
-            self.before_request(require_api_token)
+            self.before_request(guard or require_api_token)
         self._prepare_doc_cbks.append(self._prepare_common_doc)
 
     def add_url_rule(self, rule, endpoint=None, view_func=None, provide_automatic_options=None, *,
