@@ -46,7 +46,10 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium): the dashboard's browser tests need it")
+        reason = f"{CHROMIUM} not found (apt-get install chromium): the dashboard's browser tests need it"
+        if os.environ.get("REQUIRE_CHROMIUM") == "1":  # CI
+            pytest.fail(reason)
+        pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
