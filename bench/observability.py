@@ -1,12 +1,15 @@
 """What the request id, the access line and the counters cost a callback, in one process: the
-webhook's WSGI app with service.web.access's middleware and without it, each handed the same
-kind of signed, unique callbacks in alternating blocks, timed in the process's CPU time (all
-its threads: the access-lines thread's batches are drained inside the block that made them).
+webhook's WSGI app with service.web.access's middleware ("on"), with the middleware taking no
+notes ("ids": the request id, its header and its way into the job, but no access line and no
+counts) and without it ("off"), each handed the same kind of signed, unique callbacks in
+rotating blocks, timed in the process's CPU time (all its threads: the access-lines thread's
+batches are drained inside the block that made them). on/ids is what the access line and the
+counters cost; on/off what all three cost.
 
 python -m bench.observability [--blocks 40] [--block 250]
 
 Steadier than req/s under a load generator on a shared machine (bench.ingest --quiet): no
-network, no other process, and each "on" block is paired with the "off" block beside it.
+network, no other process, and each "on" block is paired with the blocks beside it.
 Stdout goes to /dev/null while it runs, as the access lines would go to Heroku's router.
 """
 
@@ -47,11 +50,15 @@ def run(blocks: int = 40, block: int = 250) -> dict:
         os.environ.update(env)
         from service import create_app
         from service.store.sql import Store
+        from service.web.access import AccessLog
 
         Store(env["DATABASE_URL"]).migrate()
         app = create_app()
         on = app.wsgi_app  # service.web.access.AccessLog
         off = on.wsgi_app
+        ids = AccessLog(off)
+        ids.notes.add = lambda note: None
+        arms = {"on": on, "ids": ids, "off": off}
         base_url = env["PUBLIC_BASE_URL"]
 
         def call(wsgi, environ) -> None:
@@ -68,35 +75,37 @@ def run(blocks: int = 40, block: int = 250) -> dict:
                 on.drain()
             return (time.process_time() - started) / len(batch) * 1e6
 
-        per = {"on": [], "off": []}
+        per = {kind: [] for kind in arms}
         with contextlib.redirect_stdout(open(os.devnull, "w")):
             for environ in environs(block, base_url):  # warm-up, both ways
                 call(on, environ)
             on.drain()
             for i in range(blocks):
-                # Each pair in both orders, every other time: the second block of a pair runs warmer.
-                order = (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on))
-                for kind, wsgi in order:
-                    per[kind].append(timed(wsgi, environs(block, base_url)))
+                # Each arm first in turn: a later block of a round runs warmer.
+                kinds = list(arms)[i % 3:] + list(arms)[:i % 3]
+                for kind in kinds:
+                    per[kind].append(timed(arms[kind], environs(block, base_url)))
                 if i % 10 == 9:
                     import redis
 
                     redis.Redis.from_url(rs.url).flushdb()  # bounded memory: the jobs are never run
-    costs = [a / b - 1 for a, b in zip(per["on"], per["off"])]
-    costs.sort()
-    middle = costs[len(costs) // 4: len(costs) - len(costs) // 4]
-    return {"blocks": blocks, "block": block, "on_us": median(per["on"]), "off_us": median(per["off"]),
-            "cost": median(costs), "cost_middle_half": (middle[0], middle[-1])}
+    result = {"blocks": blocks, "block": block, **{f"{kind}_us": median(v) for kind, v in per.items()}}
+    for name, base in (("lines_and_counters", "ids"), ("all", "off")):
+        costs = sorted(a / b - 1 for a, b in zip(per["on"], per[base]))
+        middle = costs[len(costs) // 4: len(costs) - len(costs) // 4]
+        result[name] = {"cost": median(costs), "middle_half": (middle[0], middle[-1])}
+    return result
 
 
 def table(r: dict) -> str:
-    low, high = r["cost_middle_half"]
-    return "\n".join([
-        "| observability, in one process (CPU per callback) | on | off | cost (median of pairs) | middle half |",
-        "|---|---|---|---|---|",
-        f"| {r['blocks']} pairs of {r['block']} callbacks | {fmt(r['on_us'])} µs | {fmt(r['off_us'])} µs "
-        f"| {r['cost'] * 100:+.1f}% | {low * 100:+.1f}% to {high * 100:+.1f}% |",
-    ])
+    rows = ["| observability, in one process (CPU per callback) | on | baseline | cost (median of rounds) | middle half |",
+            "|---|---|---|---|---|"]
+    for name, base, what in (("lines_and_counters", "ids", "access line + counters (on vs ids)"),
+                             ("all", "off", "request id + access line + counters (on vs off)")):
+        low, high = r[name]["middle_half"]
+        rows.append(f"| {what}, {r['blocks']} rounds of {r['block']} | {fmt(r['on_us'])} µs | {fmt(r[base + '_us'])} µs "
+                    f"| {r[name]['cost'] * 100:+.1f}% | {low * 100:+.1f}% to {high * 100:+.1f}% |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> None:
@@ -105,7 +114,7 @@ def main(argv=None) -> None:
     p.add_argument("--block", type=int, default=250)
     a = p.parse_args(argv)
     r = run(a.blocks, a.block)
-    log(f"observability: on {r['on_us']:.1f} µs, off {r['off_us']:.1f} µs per callback, cost {r['cost'] * 100:+.1f}%")
+    log(f"observability: on {r['on_us']:.1f} µs, ids {r['ids_us']:.1f} µs, off {r['off_us']:.1f} µs per callback")
     publish("observability", r, table(r))
 
 
