@@ -4,8 +4,9 @@ both under the same gunicorn configuration, loaded with signed, unique callbacks
 python -m bench.ingest [--duration 5] [--repeats 3] [--connections 16,64] [--configs default,...] [--floor]
 
 --floor adds bench/floor_app.py (the webhook without its hand-off to Redis) as a third app.
---quiet adds bench/quiet_app.py (the webhook without its request id, access line and counters):
-the webhook against it is what they cost, in req/s and in CPU per request.
+--quiet adds bench/quiet_app.py (the webhook without its request id, access line and counters;
+with --quiet-off lines, without the access line and counters only): the webhook against it is
+what they cost, in req/s and in CPU per request.
 
 Where /proc is readable (Linux), each load also reports the CPU time the gunicorn workers and
 Redis spent per request, and the workers' voluntary context switches per request: steadier
@@ -153,9 +154,16 @@ def _load(port: int, bodies: Path, lines, connections: int, duration: float) -> 
     return r
 
 
-def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, floor=False, quiet=False) -> dict:
+# --quiet's baseline: all of the observability off, or only the access line and the counters.
+QUIET_APPS = {"all": ("bench.quiet_app:all_off()", "without request id, access line and counters (bench/quiet_app.py)"),
+              "lines": ("bench.quiet_app:lines_off()",
+                        "with its request id, without access line and counters (bench/quiet_app.py)")}
+
+
+def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, floor=False, quiet=False,
+        quiet_off: str = "all") -> dict:
     results: dict = {"tool": "wrk" if WRK else "python loadgen", "duration_s": duration, "repeats": repeats,
-                     "configs": {}}
+                     "quiet_off": quiet_off, "configs": {}}
     with workdir() as tmp, EmbeddedRedis() as rs:
         client = redis.Redis.from_url(rs.url)
         redis_pid = client.info("server")["process_id"]
@@ -176,7 +184,7 @@ def run(configs=("default",), connections=(16, 64), duration=5.0, repeats=3, flo
             if floor:
                 apps["floor"] = "bench.floor_app:app"
             if quiet:
-                apps["quiet"] = "bench.quiet_app:app"
+                apps["quiet"] = QUIET_APPS[quiet_off][0]
             ports = {kind: real_port if kind == "webhook" else free_port() for kind in apps}
             log(f"ingest {name}: starting gunicorn ({', '.join(f'{k} :{v}' for k, v in ports.items())})")
             procs = {}
@@ -263,7 +271,7 @@ def table(results: dict) -> str:
                         f"{fmt(s['webhook_rps'], 0)} | {fmt(s['webhook_p50_ms'])}/{fmt(s['webhook_p99_ms'])} | "
                         f"{fmt(s['ratio'], 2)}x | {target} |")
             if "quiet_rps" in s:
-                rows.append(f"| {name}, webhook without request id, access line and counters (bench/quiet_app.py) "
+                rows.append(f"| {name}, webhook {QUIET_APPS[results.get('quiet_off', 'all')][1]} "
                             f"| {c} | | | {fmt(s['quiet_rps'], 0)} | -/{fmt(s['quiet_p99_ms'])} | "
                             f"webhook/this {fmt(s['observability_ratio'], 3)}x | ≥0.95x |")
             if "floor_rps" in s:
@@ -294,9 +302,12 @@ def main(argv=None) -> None:
     p.add_argument("--floor", action="store_true", help="also load the webhook without its hand-off to Redis")
     p.add_argument("--quiet", action="store_true",
                    help="also load the webhook without its request id, access line and counters")
+    p.add_argument("--quiet-off", choices=list(QUIET_APPS), default="all",
+                   help="with --quiet: what the baseline leaves out (all three, or the access line and counters only)")
     a = p.parse_args(argv)
     configs = list(CONFIGS) if a.configs == "all" else a.configs.split(",")
-    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor, a.quiet)
+    res = run(configs, [int(c) for c in a.connections.split(",")], a.duration, a.repeats, a.floor, a.quiet,
+              a.quiet_off)
     publish("ingest", res, table(res))
 
 
