@@ -19,17 +19,9 @@ DEAD_CALLBACK = "http://127.0.0.1:9/x"
 
 
 @pytest.fixture
-def cli_env(env, store, monkeypatch):
-    # The worker in these tests runs jobs in-process; they read the same settings.
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def cli_env(worker_env, monkeypatch):
     monkeypatch.setenv("SWEEP_AFTER", "600")
-    from workers import jobs
-
-    jobs.services.cache_clear()
-    yield env
-    jobs.services().close()
-    jobs.services.cache_clear()
+    return worker_env
 
 
 def run(*args, expect: int = 0) -> str:

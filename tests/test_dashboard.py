@@ -37,19 +37,6 @@ def env(env, tmp_path):
             "MEDIA_STORAGE_URL": f"file://{tmp_path / 'media'}"}
 
 
-@pytest.fixture
-def worker_env(env, monkeypatch):
-    # Jobs run in-process (SimpleWorker) and read their settings from the environment.
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    from workers import jobs
-
-    jobs.services.cache_clear()
-    yield env
-    jobs.services().close()
-    jobs.services.cache_clear()
-
-
 def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert found, "no CSRF token in the form"

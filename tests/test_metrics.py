@@ -117,19 +117,6 @@ def test_gauges_are_read_at_scrape_time(services, store, sandbox, sw_client, red
     assert Job.fetch("dead-letter", connection=redis_conn, serializer=queue.serializer)
 
 
-@pytest.fixture
-def worker_env(env, store, monkeypatch):
-    # The worker runs the jobs in this process; they read the same settings.
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    from workers import jobs
-
-    jobs.services.cache_clear()
-    yield env
-    jobs.services().close()
-    jobs.services.cache_clear()
-
-
 def test_the_worker_counts_and_logs_each_callback_job_by_how_it_ended(worker_env, sandbox, sw_client, redis_conn,
                                                                        capsys):
     from rq import Retry
