@@ -39,7 +39,11 @@ AUDIO = {"content": {"audio/x-wav": BINARY, "audio/mpeg": BINARY}}
 @blp.alt_response(416, schema=ErrorSchema, description="The `Range` is outside the audio.")
 @blp.alt_response(503, schema=ErrorSchema, description="The storage cannot be reached now.")
 def get_recording_media(sid: str):
-    """Get a recording's archived audio, streamed from the media archive, with Range support."""
+    """Get a recording's archived audio, streamed from the media archive, with Range support.
+
+    Besides the bearer token, a signed-in dashboard session (its cookie) is accepted here, for
+    GET and HEAD only: the dashboard's audio player loads it.
+    """
     services = current_app.extensions["services"]
     try:
         SID(sid)
