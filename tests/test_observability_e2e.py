@@ -15,7 +15,7 @@ import requests
 from devstack.redis_server import free_port
 from devstack.sandbox import Sandbox
 from service.signalwire.signatures import compute_signature
-from tests.e2e import database, log_lines, metric as value, scrape as scrape_metrics, start_stack, stack_env, wait_for
+from tests.e2e import database, log_lines, metric as value, scrape, start_stack, stack_env, wait_for
 from tests.fixtures.sandbox import SandboxCredentials
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +41,6 @@ def running(tmp_path_factory, redis_server_url, postgres_server):
             assert all(code == 0 for code in codes.values()), codes
 
 
-def scrape(running) -> dict[tuple, float]:
-    return scrape_metrics(running.base)
-
-
 def completed_recording(running) -> dict[str, str]:
     """A recording the sandbox holds, completed, whose callback we send ourselves."""
     sid = running.sandbox.record_verb(str(uuid.uuid4()), "http://127.0.0.1:9/unused", events=[])
@@ -63,7 +59,7 @@ def send(running, params: dict, key: str | None = None, request_id: str | None =
 def test_metrics_sum_both_web_processes_and_the_workers(running):
     n = 40
     callbacks = [completed_recording(running) for _ in range(n)]
-    before = scrape(running)
+    before = scrape(running.base)
     with ThreadPoolExecutor(8) as pool:
         first = list(pool.map(lambda p: send(running, p, request_id=f"sum-{p['RecordingSid']}"), callbacks))
         again = list(pool.map(lambda p: send(running, p), callbacks))
@@ -81,8 +77,8 @@ def test_metrics_sum_both_web_processes_and_the_workers(running):
                 and value(samples, callbacks_total, outcome="duplicate")
                 - value(before, callbacks_total, outcome="duplicate") >= n)
 
-    wait_for(lambda: counted(scrape(running)), 30, interval=0.5, what="the counts to reach /metrics")
-    after = scrape(running)
+    wait_for(lambda: counted(scrape(running.base)), 30, interval=0.5, what="the counts to reach /metrics")
+    after = scrape(running.base)
 
     def delta(name, **labels):
         return value(after, name, **labels) - value(before, name, **labels)
@@ -113,10 +109,12 @@ def test_a_callbacks_request_id_is_on_the_workers_lines_for_its_job(running):
     job_id = f"cb_{params['RecordingSid']}_completed"
 
     def job_lines():
+        # The worker's last line for the job, and the web's access line (written within a second).
         lines = [line for line in log_lines(running.log) if line.get("request_id") == request_id]
-        return lines if any(line.get("result") == "stored" for line in lines) else None
+        done = any(line.get("result") == "stored" for line in lines)
+        return lines if done and any(line["logger"] == "service.access" for line in lines) else None
 
-    lines = wait_for(job_lines, 30, interval=0.3, what="the job's last line")
+    lines = wait_for(job_lines, 30, interval=0.3, what="the job's last line and the request's access line")
     web = [line for line in lines if line["logger"] == "service.access"]
     worker = [line for line in lines if line["logger"] != "service.access"]
     assert len(web) == 1 and web[0]["outcome"] == "queued"
